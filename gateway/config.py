@@ -1,0 +1,511 @@
+"""Configuration: one TOML file plus environment overrides -> frozen dataclasses.
+
+Validated once, at start (and by ``hmac-gateway check-config``, which runs the same code).
+Every problem found is collected and reported together in one ``ConfigError``; unknown keys
+are errors (a typo must not silently fall back to a default).
+
+Invariants:
+- a listener that carries a sign route binds to loopback unless ``allow_non_loopback = true``
+  (a sign listener is a signing oracle for whoever can reach it);
+- upstreams come only from here: absolute ``http``/``https`` base URLs, never from a request.
+
+Environment overrides: ``HMAC_GATEWAY__<SECTION>__<KEY>=<value>``, ``__`` between levels,
+case-insensitive, ``_`` matching ``-`` in names, list items by index
+(``HMAC_GATEWAY__ROUTES__0__UPSTREAM``). Values are read as TOML values when they parse as one
+(``8080``, ``true``, ``["a"]``) and as plain strings otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+from gateway.keys.formats import ENCODINGS
+from gateway.signing.rfc9421 import DEFAULT_COMPONENTS, ComponentError, parse_components
+
+ENV_PREFIX = "HMAC_GATEWAY__"
+CONFIG_ENV = "HMAC_GATEWAY_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+SCHEMES = ("rfc9421",)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_non_loopback: bool = False
+    health_endpoints: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringConfig:
+    name: str
+    source: str = "file"
+    path: Path = Path("keyring.json")
+    create: bool = False
+    encoding: str = "raw"
+    seal_key_env: str | None = None
+    check_permissions: bool = True
+    refresh_interval: float = 30.0
+    refresh_jitter: float = 0.1
+    max_staleness: float = 3600.0
+    early_refresh_interval: float = 10.0
+    backoff_cap: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    listener: str
+    mode: str  # "sign" | "verify"
+    upstream: str
+    keyring: str
+    path_prefix: str = "/"
+    strip_prefix: bool = False
+    scheme: str = "rfc9421"
+    max_body_bytes: int = 1024 * 1024
+    upstream_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    # sign
+    label: str = "sig1"
+    tag: str | None = "hmac-gateway"
+    components: tuple[str, ...] = DEFAULT_COMPONENTS
+    # verify
+    required_components: tuple[str, ...] = DEFAULT_COMPONENTS
+    window_past: int = 300
+    window_future: int = 30
+    require_nonce: bool = False
+    require_alg: bool = False
+    require_tag: str | None = None
+    replay_protection: bool = True
+    keep_signature_headers: bool = False
+    key_id_header: str = "X-Gateway-Key-Id"
+    debug_signature_base: bool = False
+    public_scheme: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class EchoConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    listeners: dict[str, ListenerConfig]
+    keyrings: dict[str, KeyringConfig]
+    routes: tuple[RouteConfig, ...]
+    echo: EchoConfig | None = None
+    log_level: str = "info"
+    shutdown_grace: float = 10.0
+    replay_max_entries: int = 1_000_000
+    source: Path | None = None
+    overrides: tuple[str, ...] = field(default=())  # env variables applied (names only)
+
+    def routes_for(self, listener: str) -> list[RouteConfig]:
+        return [r for r in self.routes if r.listener == listener]
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """The effective configuration; holds no secrets (there are none in config)."""
+        return {
+            "source": str(self.source) if self.source else None,
+            "env_overrides": list(self.overrides),
+            "gateway": {
+                "log_level": self.log_level,
+                "shutdown_grace_seconds": self.shutdown_grace,
+                "replay_max_entries": self.replay_max_entries,
+            },
+            "listeners": {n: _public(v) for n, v in self.listeners.items()},
+            "keyrings": {n: _public(v) for n, v in self.keyrings.items()},
+            "routes": [_public(r) for r in self.routes],
+            "echo": _public(self.echo) if self.echo else None,
+        }
+
+
+def _public(obj: object) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in obj.__dataclass_fields__:  # type: ignore[attr-defined]
+        value = getattr(obj, name)
+        out[name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def resolve_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    problems: list[str] = []
+    applied = apply_env_overrides(raw, environ, problems)
+    return parse(raw, base_dir=path.resolve().parent, source=path, problems=problems, overrides=applied)
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
+    applied = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        parts = variable[len(ENV_PREFIX) :].split("__")
+        node: Any = raw
+        ok = True
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    problems.append(f"{variable}: {part!r} is not an index of a list of {len(node)}")
+                    ok = False
+                    break
+                if last:
+                    problems.append(f"{variable}: cannot replace a whole list item")
+                    ok = False
+                    break
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                problems.append(f"{variable}: {part!r} does not name a table")
+                ok = False
+                break
+            existing = next((k for k in node if _norm(k) == _norm(part)), None)
+            if last:
+                node[existing or _norm(part)] = _parse_env_value(environ[variable])
+            elif existing is None:
+                problems.append(f"{variable}: no [{part.lower()}] section in the config file")
+                ok = False
+                break
+            else:
+                node = node[existing]
+        if ok:
+            applied.append(variable)
+    return tuple(applied)
+
+
+class _Reader:
+    """Typed access to one TOML table, recording problems under a location prefix."""
+
+    def __init__(self, table: Any, where: str, problems: list[str]) -> None:
+        self.where = where
+        self.problems = problems
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table")
+            table = {}
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def _get(self, key: str, default: Any, kinds: tuple[type, ...], kind_name: str) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in kinds:
+            self.problems.append(f"{self.where}.{key}: must be {kind_name}, got {value!r}")
+            return default
+        if not isinstance(value, kinds):
+            self.problems.append(f"{self.where}.{key}: must be {kind_name}, got {value!r}")
+            return default
+        return value
+
+    def text(self, key: str, default: Any = None) -> Any:
+        return self._get(key, default, (str,), "a string")
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, default, (bool,), "true or false"))
+
+    def integer(self, key: str, default: int, lo: int = 0, hi: int | None = None) -> int:
+        value = int(self._get(key, default, (int,), "an integer"))
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            self.problems.append(f"{self.where}.{key}: must be {bound}, got {value}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, lo: float = 0.0, positive: bool = True) -> float:
+        value = float(self._get(key, default, (int, float), "a number"))
+        if value < lo or (positive and value <= 0):
+            self.problems.append(f"{self.where}.{key}: must be {'> 0' if positive else f'>= {lo}'}, got {value}")
+            return default
+        return value
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, list(default), (list,), "a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            self.problems.append(f"{self.where}.{key}: must be a list of strings")
+            return default
+        return tuple(value)
+
+    def finish(self) -> None:
+        for key in sorted(set(self.table) - self.used):
+            self.problems.append(f"{self.where}: unknown key {key!r}")
+
+
+def _sf_safe(text: str) -> bool:
+    return all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in text)
+
+
+def parse(
+    raw: dict[str, Any],
+    *,
+    base_dir: Path,
+    source: Path | None = None,
+    problems: list[str] | None = None,
+    overrides: tuple[str, ...] = (),
+) -> GatewayConfig:
+    problems = [] if problems is None else problems
+    top = _Reader(raw, "config", problems)
+    top.used.update({"gateway", "listeners", "keyrings", "routes", "echo"})
+
+    gw = _Reader(raw.get("gateway", {}), "[gateway]", problems)
+    log_level = gw.text("log_level", "info")
+    if log_level not in ("debug", "info", "warning", "error"):
+        problems.append(f"[gateway].log_level: must be debug, info, warning or error, got {log_level!r}")
+    shutdown_grace = gw.number("shutdown_grace_seconds", 10.0)
+    replay_max = gw.integer("replay_max_entries", 1_000_000, lo=1)
+    gw.finish()
+
+    listeners = _parse_listeners(raw.get("listeners", {}), problems)
+    keyrings = _parse_keyrings(raw.get("keyrings", {}), base_dir, problems)
+    routes = _parse_routes(raw.get("routes", []), listeners, keyrings, problems)
+
+    echo = None
+    if "echo" in raw:
+        er = _Reader(raw["echo"], "[echo]", problems)
+        echo = EchoConfig(host=er.text("host", "127.0.0.1"), port=er.integer("port", 8090, hi=65535))
+        er.finish()
+        if not is_loopback(echo.host):
+            problems.append("[echo].host: the demo echo upstream binds to loopback only")
+
+    _check_binds(listeners, echo, problems)
+    for name, listener in listeners.items():
+        has_sign = any(r.mode == "sign" for r in routes if r.listener == name)
+        if has_sign and not is_loopback(listener.host) and not listener.allow_non_loopback:
+            problems.append(
+                f"[listeners.{name}]: carries a sign route but binds {listener.host}; sign listeners are "
+                f"signing oracles and bind to loopback unless allow_non_loopback = true"
+            )
+    top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(
+        listeners=listeners,
+        keyrings=keyrings,
+        routes=tuple(routes),
+        echo=echo,
+        log_level=log_level,
+        shutdown_grace=shutdown_grace,
+        replay_max_entries=replay_max,
+        source=source,
+        overrides=overrides,
+    )
+
+
+def _tables(value: Any, section: str, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        problems.append(f"[{section}]: must be a table of named tables")
+        return {}
+    return value
+
+
+def _parse_listeners(value: Any, problems: list[str]) -> dict[str, ListenerConfig]:
+    out = {}
+    tables = _tables(value, "listeners", problems)
+    if not tables:
+        problems.append("[listeners]: at least one listener is required")
+    for name, table in tables.items():
+        r = _Reader(table, f"[listeners.{name}]", problems)
+        out[name] = ListenerConfig(
+            name=name,
+            host=r.text("host", "127.0.0.1"),
+            port=r.integer("port", 8080, hi=65535),
+            allow_non_loopback=r.flag("allow_non_loopback", False),
+            health_endpoints=r.flag("health_endpoints", True),
+        )
+        r.finish()
+    return out
+
+
+def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str, KeyringConfig]:
+    out = {}
+    tables = _tables(value, "keyrings", problems)
+    if not tables:
+        problems.append("[keyrings]: at least one keyring is required")
+    for name, table in tables.items():
+        where = f"[keyrings.{name}]"
+        r = _Reader(table, where, problems)
+        source = r.text("source", "file")
+        if source != "file":
+            problems.append(f"{where}.source: must be 'file', got {source!r}")
+        path_text = r.text("path", None)
+        if path_text is None:
+            problems.append(f"{where}.path: required for a file keyring")
+            path_text = f"{name}.json"
+        path = Path(path_text)
+        encoding = r.text("encoding", "raw")
+        if encoding not in ENCODINGS:
+            problems.append(f"{where}.encoding: must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        interval = r.number("refresh_interval_seconds", 30.0)
+        out[name] = KeyringConfig(
+            name=name,
+            source=source,
+            path=path if path.is_absolute() else base_dir / path,
+            create=r.flag("create", False),
+            encoding=encoding,
+            seal_key_env=r.text("seal_key_env", None),
+            check_permissions=r.flag("check_permissions", True),
+            refresh_interval=interval,
+            refresh_jitter=r.number("refresh_jitter", 0.1, positive=False),
+            max_staleness=r.number("max_staleness_seconds", 3600.0),
+            early_refresh_interval=r.number("early_refresh_interval_seconds", 10.0),
+            backoff_cap=r.number("backoff_cap_seconds", 60.0),
+        )
+        if out[name].refresh_jitter >= 1:
+            problems.append(f"{where}.refresh_jitter: must be a fraction below 1")
+        r.finish()
+    return out
+
+
+def _parse_routes(
+    value: Any, listeners: dict[str, ListenerConfig], keyrings: dict[str, KeyringConfig], problems: list[str]
+) -> list[RouteConfig]:
+    if not isinstance(value, list) or not value:
+        problems.append("[[routes]]: at least one route is required")
+        return []
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for index, table in enumerate(value):
+        name = table.get("name", f"routes[{index}]") if isinstance(table, dict) else f"routes[{index}]"
+        where = f"[[routes]] {name!s}"
+        r = _Reader(table, where, problems)
+        r.used.add("name")
+        listener = r.text("listener", "")
+        if listener not in listeners:
+            problems.append(f"{where}.listener: {listener!r} is not a configured listener")
+        keyring = r.text("keyring", "")
+        if keyring not in keyrings:
+            problems.append(f"{where}.keyring: {keyring!r} is not a configured keyring")
+        mode = r.text("mode", "")
+        if mode not in ("sign", "verify"):
+            problems.append(f"{where}.mode: must be 'sign' or 'verify', got {mode!r}")
+        upstream = r.text("upstream", "")
+        _check_upstream(upstream, where, problems)
+        prefix = r.text("path_prefix", "/")
+        if not prefix.startswith("/"):
+            problems.append(f"{where}.path_prefix: must start with '/'")
+        if (listener, prefix) in seen:
+            problems.append(f"{where}.path_prefix: {prefix!r} is already routed on listener {listener!r}")
+        seen.add((listener, prefix))
+        scheme = r.text("scheme", "rfc9421")
+        if scheme not in SCHEMES:
+            problems.append(f"{where}.scheme: must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        components = r.str_list("components", DEFAULT_COMPONENTS)
+        required = r.str_list("required_components", DEFAULT_COMPONENTS)
+        for key, names in (("components", components), ("required_components", required)):
+            try:
+                parse_components(names)
+            except ComponentError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+        label = r.text("label", "sig1")
+        tag = r.text("tag", "hmac-gateway")
+        require_tag = r.text("require_tag", None)
+        for key, text in (("label", label), ("tag", tag), ("require_tag", require_tag)):
+            if text is not None and not _sf_safe(text):
+                problems.append(f"{where}.{key}: printable ASCII without quotes or backslashes only")
+        if (label and not (label[0].islower() or label[0] == "*")) or not all(
+            c.islower() or c.isdigit() or c in "_-.*" for c in label
+        ):
+            problems.append(f"{where}.label: must be a structured-field key (lower case, digits, _-.*)")
+        public_scheme = r.text("public_scheme", "http")
+        if public_scheme not in ("http", "https"):
+            problems.append(f"{where}.public_scheme: must be http or https")
+        out.append(
+            RouteConfig(
+                name=str(name),
+                listener=listener,
+                mode=mode,
+                upstream=upstream,
+                keyring=keyring,
+                path_prefix=prefix,
+                strip_prefix=r.flag("strip_prefix", False),
+                scheme=scheme,
+                max_body_bytes=r.integer("max_body_bytes", 1024 * 1024, lo=0),
+                upstream_timeout=r.number("upstream_timeout_seconds", 30.0),
+                connect_timeout=r.number("connect_timeout_seconds", 5.0),
+                label=label,
+                tag=tag or None,
+                components=components,
+                required_components=required,
+                window_past=r.integer("window_past_seconds", 300, lo=1),
+                window_future=r.integer("window_future_seconds", 30, lo=0),
+                require_nonce=r.flag("require_nonce", False),
+                require_alg=r.flag("require_alg", False),
+                require_tag=require_tag,
+                replay_protection=r.flag("replay_protection", True),
+                keep_signature_headers=r.flag("keep_signature_headers", False),
+                key_id_header=r.text("key_id_header", "X-Gateway-Key-Id"),
+                debug_signature_base=r.flag("debug_signature_base", False),
+                public_scheme=public_scheme,
+            )
+        )
+        r.finish()
+    return out
+
+
+def _check_upstream(upstream: str, where: str, problems: list[str]) -> None:
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{where}.upstream: must be an absolute http(s) URL, got {upstream!r}")
+    elif parts.query or parts.fragment or parts.username or parts.password:
+        problems.append(f"{where}.upstream: must not carry a query, fragment or credentials")
+
+
+def _check_binds(listeners: dict[str, ListenerConfig], echo: EchoConfig | None, problems: list[str]) -> None:
+    binds: dict[tuple[str, int], str] = {}
+    named = [(f"[listeners.{n}]", lc.host, lc.port) for n, lc in listeners.items()]
+    if echo:
+        named.append(("[echo]", echo.host, echo.port))
+    for where, host, port in named:
+        if port and (host, port) in binds:
+            problems.append(f"{where}: {host}:{port} is also bound by {binds[(host, port)]}")
+        binds[(host, port)] = where

@@ -1,0 +1,159 @@
+"""Exceptions and the problem+json vocabulary.
+
+Every failure the gateway reports to a client carries a stable reason code; every failure
+the CLI reports maps to one exit code (see ``gateway.exitcodes``). No exception defined here
+ever carries key material: messages name key ids, files and settings, never secrets.
+
+::
+
+    GatewayError
+     ├── ConfigError            configuration invalid (every problem listed)      -> exit 2
+     ├── KeyringError           a keyring cannot be read or understood            -> exit 3
+     │    ├── KeyringFormatError   the document is not a valid keyring
+     │    ├── SourceError          the source could not be read or written
+     │    └── SealError            a sealed file: missing/wrong master key, corrupt
+     └── RequestRejected        a request answered with a problem+json reason
+          └── VerificationError    a signature check failed (401)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+
+
+class GatewayError(Exception):
+    """Base class of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class KeyringError(GatewayError):
+    """A keyring cannot be loaded."""
+
+
+class KeyringFormatError(KeyringError):
+    """The keyring document is malformed (never quotes the secret)."""
+
+
+class SourceError(KeyringError):
+    """The keyring source could not be read or written."""
+
+
+class SealError(KeyringError):
+    """A sealed keyring file cannot be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ReasonInfo:
+    status: int
+    title: str
+
+
+class Reason(enum.Enum):
+    """Stable reason codes. The value is what clients and logs see; never rename one."""
+
+    # verification (401)
+    MISSING_SIGNATURE = "missing_signature"
+    MALFORMED_SIGNATURE = "malformed_signature"
+    UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
+    MISSING_PARAMETER = "missing_parameter"
+    TAG_MISMATCH = "tag_mismatch"
+    INSUFFICIENT_COVERAGE = "insufficient_coverage"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED_KEY = "expired_key"
+    STALE = "stale"
+    FUTURE = "future"
+    REPLAYED = "replayed"
+    MISSING_DIGEST = "missing_digest"
+    MALFORMED_DIGEST = "malformed_digest"
+    DIGEST_MISMATCH = "digest_mismatch"
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    # request shape
+    BAD_REQUEST = "bad_request"
+    ABSOLUTE_FORM_TARGET = "absolute_form_target"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NO_ROUTE = "no_route"
+    BODY_TOO_LARGE = "body_too_large"
+    # our side
+    KEYRING_UNAVAILABLE = "keyring_unavailable"
+    REPLAY_STORE_FULL = "replay_store_full"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def status(self) -> int:
+        return _REASONS[self].status
+
+    @property
+    def title(self) -> str:
+        return _REASONS[self].title
+
+
+_REASONS: dict[Reason, _ReasonInfo] = {
+    Reason.MISSING_SIGNATURE: _ReasonInfo(401, "Signature or Signature-Input header missing"),
+    Reason.MALFORMED_SIGNATURE: _ReasonInfo(401, "Signature headers are malformed"),
+    Reason.UNSUPPORTED_ALGORITHM: _ReasonInfo(401, "Signature algorithm is not supported"),
+    Reason.MISSING_PARAMETER: _ReasonInfo(401, "A signature parameter this route requires is missing"),
+    Reason.TAG_MISMATCH: _ReasonInfo(401, "Signature tag does not match this route"),
+    Reason.INSUFFICIENT_COVERAGE: _ReasonInfo(401, "Signature does not cover the required components"),
+    Reason.UNKNOWN_KEY: _ReasonInfo(401, "Key id is not known"),
+    Reason.EXPIRED_KEY: _ReasonInfo(401, "Key has expired"),
+    Reason.STALE: _ReasonInfo(401, "Signature is too old"),
+    Reason.FUTURE: _ReasonInfo(401, "Signature is created in the future"),
+    Reason.REPLAYED: _ReasonInfo(401, "Signature was already used"),
+    Reason.MISSING_DIGEST: _ReasonInfo(401, "Content-Digest header missing"),
+    Reason.MALFORMED_DIGEST: _ReasonInfo(401, "Content-Digest header is malformed or uses no supported algorithm"),
+    Reason.DIGEST_MISMATCH: _ReasonInfo(401, "Body does not match Content-Digest"),
+    Reason.SIGNATURE_MISMATCH: _ReasonInfo(401, "Signature does not verify"),
+    Reason.BAD_REQUEST: _ReasonInfo(400, "Request is malformed"),
+    Reason.ABSOLUTE_FORM_TARGET: _ReasonInfo(400, "Absolute-form request targets are refused (not a forward proxy)"),
+    Reason.METHOD_NOT_ALLOWED: _ReasonInfo(405, "Method not allowed"),
+    Reason.NO_ROUTE: _ReasonInfo(404, "No route for this path"),
+    Reason.BODY_TOO_LARGE: _ReasonInfo(413, "Request body exceeds the route's limit"),
+    Reason.KEYRING_UNAVAILABLE: _ReasonInfo(503, "Keyring not loaded"),
+    Reason.REPLAY_STORE_FULL: _ReasonInfo(503, "Replay store is full"),
+    Reason.UPSTREAM_UNAVAILABLE: _ReasonInfo(502, "Upstream unavailable"),
+    Reason.UPSTREAM_TIMEOUT: _ReasonInfo(504, "Upstream timed out"),
+    Reason.INTERNAL_ERROR: _ReasonInfo(500, "Internal error"),
+}
+
+
+class RequestRejected(GatewayError):
+    """A request is answered with ``reason``; ``detail`` is safe to show the client."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+class VerificationError(RequestRejected):
+    """A signature failed verification."""
+
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def problem_body(reason: Reason, detail: str = "", request_id: str = "", **extra: object) -> bytes:
+    """RFC 9457 body. ``extra`` must never carry keys, MACs or internal configuration."""
+    doc: dict[str, object] = {
+        "type": f"urn:hmac-gateway:reason:{reason.value}",
+        "title": reason.title,
+        "status": reason.status,
+        "reason": reason.value,
+    }
+    if detail:
+        doc["detail"] = detail
+    if request_id:
+        doc["request_id"] = request_id
+    doc.update(extra)
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -1,0 +1,1 @@
+"""The aiohttp edge: listener apps, handlers and the upstream client."""

@@ -1,0 +1,263 @@
+"""Listener applications and the runtime they share.
+
+Several listeners (a sign listener, a verify listener, ...) share one keyring cache per
+keyring, one replay store and one pooled client per upstream, so those resources live in a
+``Runtime`` that outlives the per-listener ``web.Application``s. Each resource is opened by
+its own async context manager (code before ``yield`` starts it, code after cleans up),
+stacked by ``open_runtime``.
+
+Invariants:
+- ``CONNECT`` and absolute-form / asterisk-form request targets are refused: this is a
+  reverse proxy, never a forward one, and the request never chooses the upstream;
+- every failure answers problem+json with a reason code; an unexpected exception is
+  logged with its traceback and answered ``500 internal_error`` with no detail;
+- one JSON log line per request with the request id that is forwarded upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.clock import Clock, system_clock
+from gateway.config import GatewayConfig, KeyringConfig, ListenerConfig
+from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
+from gateway.keys.cache import KeyringCache, RefreshPolicy
+from gateway.keys.sources import FileSource, KeySource
+from gateway.proxy.forward import Upstream
+from gateway.proxy.handlers import Outcome, RouteHandler
+from gateway.replay import MemoryReplayStore, ReplayStore
+
+log = logging.getLogger("gateway.access")
+errlog = logging.getLogger("gateway.proxy")
+
+RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
+LISTENER_KEY: web.AppKey[ListenerConfig] = web.AppKey("listener")
+_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+@dataclass
+class Runtime:
+    config: GatewayConfig
+    clock: Clock
+    caches: dict[str, KeyringCache] = field(default_factory=dict)
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    replay: ReplayStore = field(default_factory=MemoryReplayStore)
+    draining: bool = False
+
+    async def load_keyrings(self) -> dict[str, str]:
+        """Initial load of every keyring; returns {name: error} for those that failed."""
+        results = await asyncio.gather(*(c.refresh() for c in self.caches.values()))
+        return {
+            name: cache.last_error or "failed"
+            for (name, cache), ok in zip(self.caches.items(), results, strict=True)
+            if not ok
+        }
+
+    def ready(self) -> bool:
+        now = self.clock()
+        return not self.draining and all(c.is_ready(now) for c in self.caches.values())
+
+    def keyring_status(self) -> dict[str, object]:
+        now = self.clock()
+        return {name: cache.status(now) for name, cache in self.caches.items()}
+
+
+def make_source(config: KeyringConfig, clock: Clock) -> KeySource:
+    return FileSource(
+        config.name,
+        config.path,
+        create=config.create,
+        seal_key_env=config.seal_key_env,
+        check_permissions=config.check_permissions,
+        clock=clock,
+    )
+
+
+@contextlib.asynccontextmanager
+async def keyring_caches(runtime: Runtime, refresh: bool) -> AsyncIterator[None]:
+    for name, kc in runtime.config.keyrings.items():
+        runtime.caches[name] = KeyringCache(
+            name,
+            make_source(kc, runtime.clock),
+            encoding=kc.encoding,
+            clock=runtime.clock,
+            policy=RefreshPolicy(
+                interval=kc.refresh_interval,
+                jitter=kc.refresh_jitter,
+                max_staleness=kc.max_staleness,
+                early_refresh_interval=kc.early_refresh_interval,
+                backoff_cap=kc.backoff_cap,
+            ),
+        )
+    tasks = [asyncio.ensure_future(c.run()) for c in runtime.caches.values()] if refresh else []
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
+    for route in runtime.config.routes:
+        upstream = Upstream(route.upstream, connect_timeout=route.connect_timeout, read_timeout=route.upstream_timeout)
+        await upstream.start()
+        runtime.upstreams[route.name] = upstream
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(u.close() for u in runtime.upstreams.values()))
+
+
+@contextlib.asynccontextmanager
+async def replay_store(runtime: Runtime) -> AsyncIterator[None]:
+    runtime.replay = MemoryReplayStore(runtime.config.replay_max_entries, clock=runtime.clock)
+    try:
+        yield
+    finally:
+        await runtime.replay.close()
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    config: GatewayConfig, *, clock: Clock = system_clock, refresh: bool = True
+) -> AsyncIterator[Runtime]:
+    """Open every shared resource. ``refresh=False`` leaves refreshing to the caller (tests)."""
+    runtime = Runtime(config=config, clock=clock)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(replay_store(runtime))
+        await stack.enter_async_context(keyring_caches(runtime, refresh))
+        await stack.enter_async_context(upstream_pools(runtime))
+        yield runtime
+
+
+def _problem(reason: Reason, detail: str, request_id: str, **extra: object) -> web.Response:
+    response = web.Response(
+        status=reason.status,
+        body=problem_body(reason, detail, request_id, **extra),
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    response.headers["X-Request-Id"] = request_id
+    if reason is Reason.BODY_TOO_LARGE:
+        response.force_close()  # do not read (or wait for) the rest of an oversized body
+    return response
+
+
+def _request_id(request: web.Request) -> str:
+    incoming = request.headers.get("X-Request-Id", "")
+    if 0 < len(incoming) <= 128 and all(c in _REQUEST_ID_CHARS for c in incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Application:
+    routes = sorted(
+        (
+            RouteHandler(
+                route,
+                runtime.caches[route.keyring],
+                runtime.upstreams[route.name],
+                runtime.replay,
+                runtime.clock,
+            )
+            for route in runtime.config.routes_for(listener.name)
+        ),
+        key=lambda h: len(h.prefix),
+        reverse=True,
+    )
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        outcome = Outcome()
+        status = 500
+        try:
+            response = await _dispatch(request, request_id, outcome)
+            status = response.status
+            return response
+        except RequestRejected as exc:
+            outcome.outcome = outcome.outcome if outcome.outcome == "forwarded" else "rejected"
+            outcome.reason = exc.reason.value
+            status = exc.reason.status
+            extra = {"signature_base": outcome.debug_base} if outcome.debug_base else {}
+            return _problem(exc.reason, exc.detail, request_id, **extra)
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = 499  # the client went away; nothing to answer
+            outcome.outcome = "client_closed"
+            raise
+        except Exception:
+            errlog.exception("unhandled error", extra={"request_id": request_id, "route": outcome.route})
+            outcome.outcome = "error"
+            outcome.reason = Reason.INTERNAL_ERROR.value
+            return _problem(Reason.INTERNAL_ERROR, "", request_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "listener": listener.name,
+                    "route": outcome.route,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "outcome": outcome.outcome,
+                    "reason": outcome.reason,
+                    "key_id": outcome.key_id,
+                    "base_sha256": outcome.base_sha256,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+
+    async def _dispatch(request: web.Request, request_id: str, outcome: Outcome) -> web.StreamResponse:
+        if request.method == "CONNECT":
+            raise RequestRejected(Reason.METHOD_NOT_ALLOWED, "CONNECT is refused: this is not a forward proxy")
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            raise RequestRejected(Reason.ABSOLUTE_FORM_TARGET, "send origin-form targets (/path?query)")
+        path, sep, query_text = raw.partition("?")
+        query = query_text if sep else None
+        if listener.health_endpoints and path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
+            outcome.outcome = "health"
+            return _health(runtime, path, request_id)
+        for handler in routes:
+            if handler.matches(path):
+                outcome.route = handler.route.name
+                return await handler.handle(request, path, query, request_id, outcome)
+        raise RequestRejected(Reason.NO_ROUTE, f"no route on listener {listener.name!r} matches this path")
+
+    app = web.Application(handler_args={"max_field_size": 16384})
+    app[RUNTIME_KEY] = runtime
+    app[LISTENER_KEY] = listener
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+def _health(runtime: Runtime, path: str, request_id: str) -> web.Response:
+    if path == "/healthz":
+        body: dict[str, object] = {"status": "alive"}
+        status = 200
+    else:
+        ready = runtime.ready()
+        status = 200 if ready else 503
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "draining": runtime.draining,
+            "keyrings": runtime.keyring_status(),
+        }
+    response = web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    response.headers["X-Request-Id"] = request_id
+    response.headers["Cache-Control"] = "no-store"
+    return response

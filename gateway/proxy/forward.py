@@ -1,0 +1,124 @@
+"""The upstream client: one pooled ClientSession per upstream, responses streamed back.
+
+Invariants:
+- the upstream URL is built from config plus the request's *path and query only*;
+  nothing in the request (Host, absolute-form target) can choose where it goes;
+- the path and query are sent byte for byte as they were signed (``encoded=True``);
+- upstream failures become ``upstream_unavailable`` (502) and timeouts ``upstream_timeout``
+  (504) with no internal detail; cookies are never stored across clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.errors import Reason, RequestRejected
+from gateway.signing.rfc9421 import HOP_BY_HOP
+
+_CHUNK = 64 * 1024
+# aiohttp adds these unless told not to; a proxy forwards what the client sent.
+_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+def connection_tokens(headers: CIMultiDict[str] | web.BaseRequest | aiohttp.ClientResponse) -> set[str]:
+    """Field names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1)."""
+    source = headers.headers if not isinstance(headers, CIMultiDict) else headers
+    tokens: set[str] = set()
+    for value in source.getall("Connection", []):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    authority: str  # what a client puts in Host, lower case, default port omitted
+
+    @classmethod
+    def parse(cls, url: str) -> UpstreamTarget:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        default = 443 if scheme == "https" else 80
+        port = parts.port or default
+        host = parts.hostname or ""
+        shown = f"[{host}]" if ":" in host else host
+        authority = shown if port == default else f"{shown}:{port}"
+        return cls(scheme, host, port, parts.path.rstrip("/"), authority.lower())
+
+
+class Upstream:
+    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, limit: int = 256) -> None:
+        self.target = UpstreamTarget.parse(url)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str, query: str | None) -> URL:
+        t = self.target
+        return URL.build(scheme=t.scheme, host=t.host, port=t.port, path=path, query_string=query or "", encoded=True)
+
+    async def forward(
+        self,
+        request: web.Request,
+        *,
+        path: str,
+        query: str | None,
+        headers: CIMultiDict[str],
+        body: bytes,
+        request_id: str,
+    ) -> web.StreamResponse:
+        """Send upstream and stream the answer back to ``request``'s client."""
+        assert self._session is not None, "Upstream.start() was not awaited"
+        response: web.StreamResponse | None = None
+        try:
+            async with self._session.request(
+                request.method,
+                self.url(path, query),
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                drop = HOP_BY_HOP | connection_tokens(upstream)
+                for name, value in upstream.headers.items():
+                    if name.lower() not in drop:
+                        response.headers.add(name, value)
+                response.headers["X-Request-Id"] = request_id
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except TimeoutError:
+            if response is not None and response.prepared:
+                raise  # headers already sent: all we can do is drop the connection
+            raise RequestRejected(Reason.UPSTREAM_TIMEOUT, "the upstream did not answer in time") from None
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
+            if response is not None and response.prepared:
+                raise
+            raise RequestRejected(Reason.UPSTREAM_UNAVAILABLE, "the upstream could not be reached") from None

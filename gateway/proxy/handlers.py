@@ -1,0 +1,216 @@
+"""Sign and verify request handling for one matched route.
+
+Sign: read the bounded body, drop hop-by-hop and any client-supplied signature or
+verified-key headers, point Host at the upstream, add Content-Digest, and sign *last*,
+after every other change to what is sent.
+
+Verify: read the bounded body, check the signature (cheap checks first, then digest and
+MAC), then the replay store; only a request that passes all of it is forwarded, with the
+verified key id in the route's key-id header (any client copy of it removed first).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.clock import Clock
+from gateway.config import RouteConfig
+from gateway.errors import Reason, RequestRejected, VerificationError
+from gateway.keys.cache import KeyringCache
+from gateway.proxy.forward import Upstream, connection_tokens
+from gateway.replay import ReplayStore, replay_key
+from gateway.signing import rfc9421
+from gateway.signing.digest import content_digest
+
+SIGNATURE_HEADERS = frozenset({"signature", "signature-input"})
+# Never forwarded as the client sent them: we set them (host, content-length, request id).
+_ALWAYS_DROP = rfc9421.HOP_BY_HOP | {"host", "content-length", "x-request-id"}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the access log line says about one request."""
+
+    route: str = ""
+    outcome: str = ""
+    reason: str = ""
+    key_id: str = ""
+    base_sha256: str = ""
+    debug_base: str = ""  # only set on routes with debug_signature_base = true
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing (413) before reading more than ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RequestRejected(Reason.BODY_TOO_LARGE, f"limit is {limit} bytes")
+    if declared == 0 or (declared is None and not request.body_exists):
+        return b""
+    chunks = bytearray()
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return bytes(chunks)
+        chunks += chunk
+        if len(chunks) > limit:
+            raise RequestRejected(Reason.BODY_TOO_LARGE, f"limit is {limit} bytes")
+
+
+def _forward_headers(request: web.Request, drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
+    drop = drop | connection_tokens(request) if "Connection" in request.headers else drop
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+class RouteHandler:
+    """Everything one route needs, resolved once at start."""
+
+    def __init__(
+        self,
+        route: RouteConfig,
+        cache: KeyringCache,
+        upstream: Upstream,
+        replay: ReplayStore,
+        clock: Clock,
+    ) -> None:
+        self.route = route
+        self.cache = cache
+        self.upstream = upstream
+        self.replay = replay
+        self.clock = clock
+        self.prefix = route.path_prefix.rstrip("/")
+        key_id_header = route.key_id_header.lower()
+        if route.mode == "sign":
+            self.components = rfc9421.parse_components(route.components)
+            self.components_with_type = (
+                self.components
+                if any(c.identifier == '"content-type"' for c in self.components)
+                else (*self.components, rfc9421.Component.parse("content-type"))
+            )
+            self.drop = frozenset(_ALWAYS_DROP | SIGNATURE_HEADERS | {"content-digest", key_id_header})
+        else:
+            self.policy = rfc9421.VerifyPolicy(
+                required=frozenset(c.identifier for c in rfc9421.parse_components(route.required_components)),
+                window_past=route.window_past,
+                window_future=route.window_future,
+                require_nonce=route.require_nonce,
+                require_alg=route.require_alg,
+                expected_tag=route.require_tag,
+            )
+            keep = route.keep_signature_headers
+            self.drop = frozenset(_ALWAYS_DROP | {key_id_header} | (set() if keep else SIGNATURE_HEADERS))
+
+    def matches(self, path: str) -> bool:
+        prefix = self.prefix
+        return not prefix or path == prefix or path.startswith(prefix + "/")
+
+    def upstream_path(self, path: str) -> str:
+        if self.route.strip_prefix and self.prefix:
+            path = path[len(self.prefix) :] or "/"
+        return self.upstream.target.base_path + path
+
+    async def handle(
+        self, request: web.Request, path: str, query: str | None, request_id: str, outcome: Outcome
+    ) -> web.StreamResponse:
+        keyring = self.cache.keyring
+        if keyring is None:
+            raise RequestRejected(Reason.KEYRING_UNAVAILABLE, f"keyring {self.route.keyring!r} is not loaded")
+        body = await read_body(request, self.route.max_body_bytes)
+        headers = _forward_headers(request, self.drop)
+        target_path = self.upstream_path(path)
+        if self.route.mode == "sign":
+            self._sign(request, headers, target_path, query, body, outcome)
+        else:
+            await self._verify(request, headers, path, query, body, outcome)
+        headers["X-Request-Id"] = request_id
+        outcome.outcome = "forwarded"
+        return await self.upstream.forward(
+            request, path=target_path, query=query, headers=headers, body=body, request_id=request_id
+        )
+
+    def _sign(
+        self,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        target_path: str,
+        query: str | None,
+        body: bytes,
+        outcome: Outcome,
+    ) -> None:
+        keyring = self.cache.keyring
+        assert keyring is not None
+        key = keyring.signing_key
+        headers["Content-Digest"] = content_digest(body)
+        view = rfc9421.RequestView(
+            method=request.method,
+            authority=self.upstream.target.authority,
+            path=target_path,
+            query=query,
+            headers=headers,
+            scheme=self.upstream.target.scheme,
+        )
+        components = self.components_with_type if "Content-Type" in headers else self.components
+        try:
+            signed = rfc9421.sign(
+                view,
+                key,
+                components,
+                created=int(self.clock()),
+                nonce=secrets.token_urlsafe(16),
+                tag=self.route.tag,
+                label=self.route.label,
+            )
+        except rfc9421.ComponentError as exc:
+            raise RequestRejected(Reason.BAD_REQUEST, f"cannot sign this request: {exc}") from None
+        headers["Signature-Input"] = signed.signature_input
+        headers["Signature"] = signed.signature
+        outcome.key_id = key.id
+
+    async def _verify(
+        self,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        path: str,
+        query: str | None,
+        body: bytes,
+        outcome: Outcome,
+    ) -> None:
+        keyring = self.cache.keyring
+        assert keyring is not None
+        now = self.clock()
+        view = rfc9421.RequestView(
+            method=request.method,
+            authority=request.headers.get("Host", ""),
+            path=path,
+            query=query,
+            headers=request.headers,
+            scheme=self.route.public_scheme,
+        )
+        try:
+            verified = rfc9421.verify(view, body, keyring, self.policy, now)
+        except VerificationError as exc:
+            if exc.reason is Reason.UNKNOWN_KEY:
+                self.cache.request_early_refresh()
+            if isinstance(exc, rfc9421.SignatureFailure):
+                outcome.base_sha256 = exc.base_sha256
+                if self.route.debug_signature_base and exc.signature_base is not None:
+                    outcome.debug_base = exc.signature_base.decode("ascii")
+            raise
+        outcome.key_id = verified.key_id
+        outcome.base_sha256 = verified.base_sha256
+        if self.route.replay_protection:
+            # Remember it exactly as long as it could still pass the freshness window.
+            ttl = max(1.0, verified.created + self.route.window_past - now + 1)
+            fresh = await self.replay.remember(
+                replay_key(self.route.keyring, verified.key_id, verified.replay_token), ttl
+            )
+            if not fresh:
+                raise VerificationError(Reason.REPLAYED, "this signature was already used")
+        headers[self.route.key_id_header] = verified.key_id

@@ -1,0 +1,49 @@
+"""RFC 9530 Content-Digest over the exact body bytes.
+
+We emit ``sha-256``; we verify ``sha-256`` and ``sha-512`` (every supported entry present
+must match; unsupported algorithms are ignored; at least one supported entry is required).
+Comparisons are constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable
+
+from gateway.errors import Reason, VerificationError
+from gateway.signing import sfv
+
+_ALGORITHMS: dict[str, Callable[[bytes], hashlib._Hash]] = {
+    "sha-256": hashlib.sha256,
+    "sha-512": hashlib.sha512,
+}
+
+
+def content_digest(body: bytes, algorithm: str = "sha-256") -> str:
+    """The Content-Digest field value for ``body``."""
+    digest = _ALGORITHMS[algorithm](body).digest()
+    return f"{algorithm}=:{base64.b64encode(digest).decode()}:"
+
+
+def verify_content_digest(field_value: str, body: bytes) -> None:
+    """Raise VerificationError unless ``field_value`` matches ``body``."""
+    try:
+        members = sfv.parse_dictionary(field_value)
+    except sfv.SFVError:
+        raise VerificationError(Reason.MALFORMED_DIGEST, "Content-Digest is not a structured dictionary") from None
+    checked = 0
+    for algorithm, member in members.items():
+        hash_fn = _ALGORITHMS.get(algorithm)
+        if hash_fn is None:
+            continue
+        if not isinstance(member, sfv.Item) or not isinstance(member.value, bytes):
+            raise VerificationError(Reason.MALFORMED_DIGEST, f"{algorithm} value must be a byte sequence")
+        if not hmac.compare_digest(member.value, hash_fn(body).digest()):
+            raise VerificationError(Reason.DIGEST_MISMATCH, f"body does not match its {algorithm} digest")
+        checked += 1
+    if not checked:
+        raise VerificationError(
+            Reason.MALFORMED_DIGEST, f"no supported digest algorithm (supported: {', '.join(_ALGORITHMS)})"
+        )

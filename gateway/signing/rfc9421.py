@@ -1,0 +1,414 @@
+"""RFC 9421 HTTP Message Signatures with ``hmac-sha256``: components, signature base, sign, verify.
+
+Pure functions over a ``RequestView``; no I/O. The pipeline mirrors the RFC:
+covered components -> component values -> signature base (RFC 9421 §2.5: one
+``"name": value`` line per component in ``Signature-Input`` order, lower-case names,
+LF-joined, ``"@signature-params"`` last, no trailing LF) -> HMAC -> header values.
+
+Verification runs the cheap checks first (structure, parameters, coverage, freshness,
+key id) and only then the digest and the MAC, which are compared in constant time.
+Every failure raises ``VerificationError`` with a stable reason code; nothing here ever
+puts key material or an expected MAC into an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_plus
+
+from multidict import MultiMapping
+
+from gateway.errors import Reason, VerificationError
+from gateway.keys.model import Key, Keyring
+from gateway.signing import sfv
+from gateway.signing.digest import verify_content_digest
+
+ALGORITHM = "hmac-sha256"
+SIGNATURE_PARAMETERS = frozenset({"created", "expires", "nonce", "alg", "keyid", "tag"})
+DERIVED_COMPONENTS = frozenset(
+    {"@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query", "@query-param"}
+)
+DEFAULT_COMPONENTS = ("@method", "@authority", "@path", "@query", "content-digest")
+# Hop-by-hop fields (RFC 9110 §7.6.1) change on every hop, so a signature never covers them.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Structured field types for the ``sf`` and ``key`` component parameters.
+_DICTIONARY_FIELDS = frozenset(
+    {"content-digest", "repr-digest", "want-content-digest", "signature", "signature-input", "priority"}
+)
+_LIST_FIELDS = frozenset({"accept-ch", "cache-status", "proxy-status"})
+
+
+class ComponentError(ValueError):
+    """A covered component cannot be resolved (message is safe to show a client)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """The parts of a request a signature can cover. ``query`` is None when there is no ``?``."""
+
+    method: str
+    authority: str
+    path: str
+    query: str | None
+    headers: MultiMapping[str]
+    scheme: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    name: str
+    params: sfv.Params
+    identifier: str  # the serialised component identifier, as it appears in the base
+
+    @classmethod
+    def from_item(cls, item: sfv.Item) -> Component:
+        value = item.value
+        if type(value) is not str:
+            raise ComponentError("component identifiers must be structured-field strings")
+        if value != value.lower():
+            raise ComponentError(f"component name {value!r} is not lower case")
+        if value.startswith("@"):
+            if value not in DERIVED_COMPONENTS:
+                raise ComponentError(f"unsupported derived component {value!r}")
+            if value == "@query-param":
+                if set(item.params) != {"name"} or type(item.params["name"]) is not str:
+                    raise ComponentError('"@query-param" needs exactly one string parameter "name"')
+            elif item.params:
+                raise ComponentError(f"derived component {value!r} takes no parameters here")
+        else:
+            _check_field_params(value, item.params)
+        return cls(name=value, params=dict(item.params), identifier=sfv.serialize_item(item))
+
+    @classmethod
+    def parse(cls, text: str) -> Component:
+        """From config: a bare name (``content-type``) or a serialised item (``"@query-param";name="a"``)."""
+        try:
+            item = sfv.parse_item(text) if text.startswith('"') else sfv.Item(text, {})
+        except sfv.SFVError as exc:
+            raise ComponentError(f"{text!r} is not a component identifier: {exc}") from None
+        return cls.from_item(item)
+
+
+def _check_field_params(name: str, params: sfv.Params) -> None:
+    for param, value in params.items():
+        if param in ("sf", "bs"):
+            if value is not True:
+                raise ComponentError(f'"{name}": parameter {param!r} must be a boolean true')
+        elif param == "key":
+            if type(value) is not str:
+                raise ComponentError(f'"{name}": parameter "key" must be a string')
+        else:
+            # req (responses) and tr (trailers) do not apply to a request we proxy.
+            raise ComponentError(f'"{name}": unsupported component parameter {param!r}')
+    if "bs" in params and ("sf" in params or "key" in params):
+        raise ComponentError(f'"{name}": "bs" cannot be combined with "sf" or "key"')
+    if name in HOP_BY_HOP:
+        raise ComponentError(f'"{name}" is a hop-by-hop field and cannot be covered')
+
+
+def parse_components(names: Iterable[str]) -> tuple[Component, ...]:
+    components = tuple(Component.parse(n) for n in names)
+    identifiers = [c.identifier for c in components]
+    if len(set(identifiers)) != len(identifiers):
+        raise ComponentError("a component is listed twice")
+    return components
+
+
+# -- component values ---------------------------------------------------------------------
+
+
+def _authority(request: RequestView) -> str:
+    authority = request.authority.lower()
+    default = ":443" if request.scheme == "https" else ":80"
+    return authority[: -len(default)] if authority.endswith(default) else authority
+
+
+def _form_encode(text: str) -> str:
+    # WHATWG application/x-www-form-urlencoded percent-encode set, space as %20 (RFC 9421 §2.2.8).
+    return quote(text, safe="*").replace("~", "%7E")
+
+
+def _query_param(request: RequestView, name: object) -> str:
+    values = []
+    for pair in (request.query or "").split("&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition("=")
+        if _form_encode(unquote_plus(raw_name)) == name:
+            values.append(_form_encode(unquote_plus(raw_value)))
+    if len(values) != 1:
+        raise ComponentError(f"query parameter {name!r} must occur exactly once (found {len(values)})")
+    return values[0]
+
+
+def _field_value(request: RequestView, component: Component) -> str:
+    lines = request.headers.getall(component.name, [])
+    if not lines:
+        raise ComponentError(f"covered field {component.name!r} is absent")
+    params = component.params
+    if not params:
+        return ", ".join(line.strip() for line in lines)
+    if "bs" in params:
+        return ", ".join(f":{base64.b64encode(line.strip().encode('latin-1')).decode()}:" for line in lines)
+    combined = ", ".join(line.strip() for line in lines)
+    try:
+        if "key" in params:
+            member = sfv.parse_dictionary(combined).get(str(params["key"]))
+            if member is None:
+                raise ComponentError(f"covered field {component.name!r} has no member {params['key']!r}")
+            if isinstance(member, sfv.InnerList):
+                return sfv.serialize_inner_list(member)
+            return sfv.serialize_item(member)
+        if component.name in _DICTIONARY_FIELDS:
+            return sfv.serialize_dictionary(sfv.parse_dictionary(combined))
+        if component.name in _LIST_FIELDS:
+            return sfv.serialize_list(sfv.parse_list(combined))
+    except sfv.SFVError:
+        raise ComponentError(f"covered field {component.name!r} is not a valid structured field") from None
+    raise ComponentError(f"structured type of field {component.name!r} is unknown")
+
+
+def component_value(request: RequestView, component: Component) -> str:
+    name = component.name
+    if name == "@method":
+        return request.method
+    if name == "@authority":
+        return _authority(request)
+    if name == "@path":
+        return request.path or "/"
+    if name == "@query":
+        return "?" + (request.query or "")
+    if name == "@scheme":
+        return request.scheme.lower()
+    if name == "@request-target":
+        return request.path + ("" if request.query is None else "?" + request.query)
+    if name == "@target-uri":
+        tail = "" if request.query is None else "?" + request.query
+        return f"{request.scheme.lower()}://{_authority(request)}{request.path or '/'}{tail}"
+    if name == "@query-param":
+        return _query_param(request, component.params["name"])
+    return _field_value(request, component)
+
+
+def signature_base(request: RequestView, components: Sequence[Component], signature_params: str) -> bytes:
+    """The RFC 9421 §2.5 signature base (bytes, ASCII)."""
+    lines = []
+    for component in components:
+        value = component_value(request, component)
+        if "\n" in value or "\r" in value:
+            raise ComponentError(f"value of {component.identifier} contains a line break")
+        lines.append(f"{component.identifier}: {value}")
+    lines.append(f'"@signature-params": {signature_params}')
+    try:
+        return "\n".join(lines).encode("ascii")
+    except UnicodeEncodeError:
+        raise ComponentError("a covered component contains non-ASCII characters") from None
+
+
+# -- signing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureHeaders:
+    signature_input: str
+    signature: str
+
+
+def signature_params(
+    components: Sequence[Component], *, created: int, key_id: str, nonce: str | None, tag: str | None
+) -> str:
+    """Serialise the inner list of parameters we emit (RFC-registered parameters only).
+
+    Key ids, nonces and tags are validated at load or config time to need no escaping.
+    """
+    params = f';created={created};keyid="{key_id}";alg="{ALGORITHM}"'
+    if nonce is not None:
+        params += f';nonce="{nonce}"'
+    if tag is not None:
+        params += f';tag="{tag}"'
+    return "(" + " ".join(c.identifier for c in components) + ")" + params
+
+
+def sign(
+    request: RequestView,
+    key: Key,
+    components: Sequence[Component],
+    *,
+    created: int,
+    nonce: str | None,
+    tag: str | None,
+    label: str = "sig1",
+) -> SignatureHeaders:
+    params = signature_params(components, created=created, key_id=key.id, nonce=nonce, tag=tag)
+    base = signature_base(request, components, params)
+    mac = hmac.digest(key.material, base, "sha256")
+    return SignatureHeaders(
+        signature_input=f"{label}={params}", signature=f"{label}=:{base64.b64encode(mac).decode()}:"
+    )
+
+
+# -- verification ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPolicy:
+    """What a verify route demands of a signature beyond the RFC itself."""
+
+    required: frozenset[str] = frozenset(Component.parse(n).identifier for n in DEFAULT_COMPONENTS)
+    window_past: int = 300
+    window_future: int = 30
+    require_nonce: bool = False
+    require_alg: bool = False
+    expected_tag: str | None = None
+    max_signatures: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    label: str
+    key_id: str
+    created: int
+    replay_token: str  # the nonce if there is one, else the signature itself
+    base_sha256: str
+
+
+class SignatureFailure(VerificationError):
+    """A VerificationError that may carry the signature base (for logs and opt-in debug)."""
+
+    def __init__(self, reason: Reason, detail: str, base: bytes | None = None) -> None:
+        super().__init__(reason, detail)
+        self.signature_base = base
+        self.base_sha256 = hashlib.sha256(base).hexdigest() if base is not None else ""
+
+
+def verify(request: RequestView, body: bytes, keyring: Keyring, policy: VerifyPolicy, now: float) -> Verified:
+    """Verify the request's signatures; the first candidate that passes every check wins."""
+    inputs_lines = request.headers.getall("signature-input", [])
+    signature_lines = request.headers.getall("signature", [])
+    if not inputs_lines or not signature_lines:
+        missing = "Signature-Input" if not inputs_lines else "Signature"
+        raise VerificationError(Reason.MISSING_SIGNATURE, f"{missing} header is missing")
+    try:
+        inputs = sfv.parse_dictionary(", ".join(inputs_lines))
+        signatures = sfv.parse_dictionary(", ".join(signature_lines))
+    except sfv.SFVError as exc:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"signature headers: {exc}") from None
+    if len(inputs) > policy.max_signatures:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"more than {policy.max_signatures} signatures")
+    labels = [label for label in inputs if label in signatures]
+    if not labels:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, "no label appears in both Signature-Input and Signature")
+    if policy.expected_tag is not None:
+        labels = [lb for lb in labels if _tag_of(inputs[lb]) == policy.expected_tag]
+        if not labels:
+            raise VerificationError(Reason.TAG_MISMATCH, f"no signature carries tag {policy.expected_tag!r}")
+    first_error: VerificationError | None = None
+    for label in labels:
+        try:
+            return _verify_one(request, body, keyring, policy, now, label, inputs[label], signatures[label])
+        except VerificationError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
+def _tag_of(member: sfv.Member) -> object:
+    return member.params.get("tag")
+
+
+def _verify_one(
+    request: RequestView,
+    body: bytes,
+    keyring: Keyring,
+    policy: VerifyPolicy,
+    now: float,
+    label: str,
+    member: sfv.Member,
+    signature_member: sfv.Member,
+) -> Verified:
+    malformed = Reason.MALFORMED_SIGNATURE
+    if not isinstance(member, sfv.InnerList):
+        raise VerificationError(malformed, f"Signature-Input {label!r} must be an inner list")
+    if not isinstance(signature_member, sfv.Item) or not isinstance(signature_member.value, bytes):
+        raise VerificationError(malformed, f"Signature {label!r} must be a byte sequence")
+    try:
+        components = [Component.from_item(item) for item in member.items]
+    except ComponentError as exc:
+        raise VerificationError(malformed, str(exc)) from None
+    covered = {c.identifier for c in components}
+    if len(covered) != len(components):
+        raise VerificationError(malformed, "a component is covered twice")
+
+    params = member.params
+    for name, value in params.items():
+        if name not in SIGNATURE_PARAMETERS:
+            raise VerificationError(malformed, f"unknown signature parameter {name!r}")
+        wants_int = name in ("created", "expires")
+        if (type(value) is not int) if wants_int else (type(value) is not str):
+            kind = "an integer" if wants_int else "a string"
+            raise VerificationError(malformed, f"signature parameter {name!r} must be {kind}")
+    alg = params.get("alg")
+    if alg is not None and alg != ALGORITHM:
+        raise VerificationError(Reason.UNSUPPORTED_ALGORITHM, f"alg {alg!r} is not {ALGORITHM!r}")
+    for name, required in (("alg", policy.require_alg), ("nonce", policy.require_nonce), ("created", True)):
+        if required and name not in params:
+            raise VerificationError(Reason.MISSING_PARAMETER, f"signature parameter {name!r} is required")
+    missing = sorted(policy.required - covered)
+    if missing:
+        raise VerificationError(Reason.INSUFFICIENT_COVERAGE, f"signature must cover {' '.join(missing)}")
+
+    created = params["created"]
+    assert isinstance(created, int)
+    if now - created > policy.window_past:
+        raise VerificationError(Reason.STALE, f"created more than {policy.window_past}s ago")
+    if created - now > policy.window_future:
+        raise VerificationError(Reason.FUTURE, f"created more than {policy.window_future}s in the future")
+    expires = params.get("expires")
+    if isinstance(expires, int) and now >= expires:
+        raise VerificationError(Reason.STALE, "signature has expired")
+
+    key_id = params.get("keyid")
+    if isinstance(key_id, str):
+        keys = [keyring.verifying_key(key_id, now)]
+    else:
+        keys = keyring.verifying_keys(now)
+
+    if '"content-digest"' in covered:
+        digest_lines = request.headers.getall("content-digest", [])
+        if not digest_lines:
+            raise VerificationError(Reason.MISSING_DIGEST, "Content-Digest is covered but absent")
+        verify_content_digest(", ".join(digest_lines), body)
+
+    try:
+        base = signature_base(request, components, sfv.serialize_inner_list(member))
+    except (ComponentError, sfv.SFVError) as exc:
+        raise VerificationError(malformed, str(exc)) from None
+    provided = signature_member.value
+    for key in keys:
+        if hmac.compare_digest(hmac.digest(key.material, base, "sha256"), provided):
+            nonce = params.get("nonce")
+            token = nonce if isinstance(nonce, str) else base64.b64encode(provided).decode()
+            return Verified(
+                label=label,
+                key_id=key.id,
+                created=created,
+                replay_token=token,
+                base_sha256=hashlib.sha256(base).hexdigest(),
+            )
+    raise SignatureFailure(Reason.SIGNATURE_MISMATCH, "signature does not verify", base)
