@@ -41,6 +41,8 @@ errlog = logging.getLogger("gateway.proxy")
 
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
 LISTENER_KEY: web.AppKey[ListenerConfig] = web.AppKey("listener")
+_OUTCOME: web.RequestKey[Outcome] = web.RequestKey("outcome", Outcome)
+_REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -179,17 +181,25 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
         reverse=True,
     )
 
-    async def dispatch(request: web.Request) -> web.StreamResponse:
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request, routed or not: request id, refusals, problem mapping, one log line."""
         started = time.perf_counter()
         request_id = _request_id(request)
         outcome = Outcome()
+        request[_OUTCOME] = outcome
+        request[_REQUEST_ID] = request_id
         status = 500
         try:
-            response = await _dispatch(request, request_id, outcome)
+            if request.method == "CONNECT":
+                raise RequestRejected(Reason.METHOD_NOT_ALLOWED, "CONNECT is refused: this is not a forward proxy")
+            if not request.raw_path.startswith("/"):
+                raise RequestRejected(Reason.ABSOLUTE_FORM_TARGET, "send origin-form targets (/path?query)")
+            response = await handler(request)
             status = response.status
             return response
         except RequestRejected as exc:
-            outcome.outcome = outcome.outcome if outcome.outcome == "forwarded" else "rejected"
+            outcome.outcome = "rejected"
             outcome.reason = exc.reason.value
             status = exc.reason.status
             extra = {"signature_base": outcome.debug_base} if outcome.debug_base else {}
@@ -221,24 +231,20 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
                 },
             )
 
-    async def _dispatch(request: web.Request, request_id: str, outcome: Outcome) -> web.StreamResponse:
-        if request.method == "CONNECT":
-            raise RequestRejected(Reason.METHOD_NOT_ALLOWED, "CONNECT is refused: this is not a forward proxy")
-        raw = request.raw_path
-        if not raw.startswith("/"):
-            raise RequestRejected(Reason.ABSOLUTE_FORM_TARGET, "send origin-form targets (/path?query)")
-        path, sep, query_text = raw.partition("?")
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        outcome = request[_OUTCOME]
+        path, sep, query_text = request.raw_path.partition("?")
         query = query_text if sep else None
         if listener.health_endpoints and path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
             outcome.outcome = "health"
-            return _health(runtime, path, request_id)
+            return _health(runtime, path, request[_REQUEST_ID])
         for handler in routes:
             if handler.matches(path):
                 outcome.route = handler.route.name
-                return await handler.handle(request, path, query, request_id, outcome)
+                return await handler.handle(request, path, query, request[_REQUEST_ID], outcome)
         raise RequestRejected(Reason.NO_ROUTE, f"no route on listener {listener.name!r} matches this path")
 
-    app = web.Application(handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[edge], handler_args={"max_field_size": 16384})
     app[RUNTIME_KEY] = runtime
     app[LISTENER_KEY] = listener
     app.router.add_route("*", "/{tail:.*}", dispatch)

@@ -231,13 +231,21 @@ class SignatureHeaders:
 
 
 def signature_params(
-    components: Sequence[Component], *, created: int, key_id: str, nonce: str | None, tag: str | None
+    components: Sequence[Component],
+    *,
+    created: int,
+    key_id: str,
+    nonce: str | None,
+    tag: str | None,
+    include_alg: bool = True,
 ) -> str:
     """Serialise the inner list of parameters we emit (RFC-registered parameters only).
 
     Key ids, nonces and tags are validated at load or config time to need no escaping.
     """
-    params = f';created={created};keyid="{key_id}";alg="{ALGORITHM}"'
+    params = f';created={created};keyid="{key_id}"'
+    if include_alg:
+        params += f';alg="{ALGORITHM}"'
     if nonce is not None:
         params += f';nonce="{nonce}"'
     if tag is not None:
@@ -254,8 +262,9 @@ def sign(
     nonce: str | None,
     tag: str | None,
     label: str = "sig1",
+    include_alg: bool = True,
 ) -> SignatureHeaders:
-    params = signature_params(components, created=created, key_id=key.id, nonce=nonce, tag=tag)
+    params = signature_params(components, created=created, key_id=key.id, nonce=nonce, tag=tag, include_alg=include_alg)
     base = signature_base(request, components, params)
     mac = hmac.digest(key.material, base, "sha256")
     return SignatureHeaders(

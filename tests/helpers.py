@@ -1,0 +1,66 @@
+"""Shared test helpers: a fake clock, keyring builders, and adapters for the independent
+``http-message-signatures`` package (the other side of every interop test)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import types
+from pathlib import Path
+from typing import Any
+
+from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, MappingKeyResolver, algorithms
+from multidict import CIMultiDict
+
+from gateway.keys.formats import parse_keyring
+from gateway.keys.model import Keyring
+
+VECTORS = Path(__file__).parent / "vectors"
+SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+
+
+def load_vector(name: str) -> Any:
+    return json.loads((VECTORS / name).read_text())
+
+
+class FakeClock:
+    """An injected clock: tests move time by assignment, never by sleeping."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def random_secret() -> str:
+    return secrets.token_hex(32)
+
+
+def flat_keyring(name: str = "ring", **keys: str) -> Keyring:
+    return parse_keyring(name, json.dumps(keys))
+
+
+def lib_message(method: str, url: str, headers: CIMultiDict[str] | dict[str, str]) -> types.SimpleNamespace:
+    """The message shape http-message-signatures works on (method, url, headers)."""
+    return types.SimpleNamespace(method=method, url=url, headers=headers)
+
+
+def lib_signer(keys: dict[str, bytes]) -> HTTPMessageSigner:
+    return HTTPMessageSigner(
+        signature_algorithm=algorithms.HMAC_SHA256,
+        key_resolver=MappingKeyResolver(public_keys=keys, private_keys=keys),
+    )
+
+
+def lib_verifier(keys: dict[str, bytes]) -> HTTPMessageVerifier:
+    return HTTPMessageVerifier(
+        signature_algorithm=algorithms.HMAC_SHA256,
+        key_resolver=MappingKeyResolver(public_keys=keys, private_keys=keys),
+    )
+
+
+REQUIRED = ("@method", "@authority", "@path", "@query", "content-digest")

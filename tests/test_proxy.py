@@ -1,0 +1,436 @@
+"""End to end, both directions: real client -> gateway (real aiohttp server) -> real upstream,
+with the independent http-message-signatures package on the other side of every signature."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import socket
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from tests.conftest import Gateway, GatewayFactory, Recorder
+from tests.helpers import REQUIRED, FakeClock, lib_message, lib_signer, lib_verifier, random_secret
+
+
+def lib_verify_received(gw: Gateway, received: Any, require: tuple[str, ...] = REQUIRED) -> Any:
+    """Verify what the upstream received, as the backend would, with the other library."""
+    url = f"http://{received.headers['Host']}{received.raw_path}"
+    keys = {k: v.encode() for k, v in gw.keys.items()}
+    return lib_verifier(keys).verify(
+        lib_message(received.method, url, received.headers), require_components=list(require), body=received.body
+    )
+
+
+def lib_signed_headers(
+    gw: Gateway,
+    key_id: str,
+    *,
+    method: str = "POST",
+    path: str = "/hooks/pay?id=7",
+    body: bytes = b'{"amount": 42}',
+    created: float | None = None,
+    nonce: str | None = "auto",
+    extra: dict[str, str] | None = None,
+) -> CIMultiDict[str]:
+    """Headers a webhook sender using http-message-signatures would send to the verify listener."""
+    url = str(gw.url("verify", path))
+    headers: CIMultiDict[str] = CIMultiDict(
+        {"Host": f"127.0.0.1:{gw.port('verify')}", "Content-Type": "application/json"}
+    )
+    headers.update(extra or {})
+    when = datetime.datetime.fromtimestamp(created, tz=datetime.UTC) if created is not None else None
+    lib_signer({k: v.encode() for k, v in gw.keys.items()}).sign(
+        lib_message(method, url, headers),
+        key_id=key_id,
+        created=when,
+        nonce=random_secret()[:24] if nonce == "auto" else nonce,
+        covered_component_ids=REQUIRED,
+        body=body,
+        label="cb",
+    )
+    del headers["Host"]
+    return headers
+
+
+async def post(url: Any, method: str = "POST", **kw: Any) -> tuple[int, dict[str, Any], CIMultiDict[str]]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, **kw) as resp:
+        text = await resp.text()
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = {"_text": text}
+        return resp.status, doc, CIMultiDict(resp.headers)
+
+
+# -- outbound: sign listener ------------------------------------------------------------------
+
+
+async def test_signed_request_verifies_with_the_other_library(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    gw = await make_gateway()
+    body = b'{"order": 1}'
+    status, doc, headers = await post(
+        gw.url("sign", "/orders/new?b=2&a=%20x"),
+        data=body,
+        headers={"Content-Type": "application/json", "X-Request-Id": "req-123"},
+    )
+    assert status == 200 and doc["ok"] is True
+    assert headers["X-Request-Id"] == "req-123"
+    (received,) = upstream.received
+    assert received.raw_path == "/up/orders/new?b=2&a=%20x"  # upstream base path + the exact request target
+    assert received.headers["Host"] == upstream.url.removeprefix("http://")
+    assert received.headers["X-Request-Id"] == "req-123"
+    results = lib_verify_received(gw, received, (*REQUIRED, "content-type"))
+    params = results[0].parameters
+    assert params["keyid"] == "key-v2"  # flat map: the last entry signs
+    assert params["alg"] == "hmac-sha256" and params["tag"] == "hmac-gateway"
+    assert isinstance(params["created"], int) and len(params["nonce"]) >= 16
+    assert set(params) == {"created", "keyid", "alg", "nonce", "tag"}  # RFC-registered only
+
+
+async def test_bodyless_get_is_signed_with_empty_digest(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    gw = await make_gateway()
+    status, _, _ = await post(gw.url("sign", "/ping"), method="GET")
+    assert status == 200
+    (received,) = upstream.received
+    assert received.body == b""
+    assert received.headers["Content-Digest"] == "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"
+    lib_verify_received(gw, received)
+
+
+async def test_sign_strips_hop_by_hop_and_client_signature_headers(
+    make_gateway: GatewayFactory, upstream: Recorder
+) -> None:
+    gw = await make_gateway()
+    status, _, resp_headers = await post(
+        gw.url("sign", "/x"),
+        data=b"abc",
+        headers={
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "1",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+            "Signature": "sig1=:AAAA:",
+            "Signature-Input": 'sig1=("@method");created=1',
+            "Content-Digest": "sha-256=:AAAA:",
+            "X-Gateway-Key-Id": "key-v1",
+            "Host": "evil.example",
+        },
+    )
+    assert status == 200
+    (received,) = upstream.received
+    for name in ("X-Secret-Hop", "Keep-Alive", "Proxy-Authorization", "X-Gateway-Key-Id"):
+        assert name not in received.headers, name
+    assert received.headers["Host"] != "evil.example"  # Host never picks (or reaches) the upstream
+    assert len(received.headers.getall("Signature")) == 1
+    assert received.headers["Content-Digest"] != "sha-256=:AAAA:"
+    lib_verify_received(gw, received)
+    # hop-by-hop response headers do not flow back either
+    assert "X-Hop-Reply" not in resp_headers and "Keep-Alive" not in resp_headers
+    assert resp_headers["X-Upstream"] == "yes"
+
+
+async def test_upstream_response_streams_back_intact(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    gw = await make_gateway()
+    async with aiohttp.ClientSession() as session, session.get(gw.url("sign", "/stream")) as resp:
+        data = await resp.read()
+    assert resp.status == 200
+    assert (
+        hashlib.sha256(data).hexdigest() == hashlib.sha256(b"".join(bytes([i]) * 16384 for i in range(64))).hexdigest()
+    )
+
+
+async def test_cookies_from_upstream_are_not_shared_between_clients(
+    make_gateway: GatewayFactory, upstream: Recorder
+) -> None:
+    gw = await make_gateway()
+    _, _, headers = await post(gw.url("sign", "/a"))
+    assert headers["Set-Cookie"].startswith("session=abc")  # passed to the client that got it
+    await post(gw.url("sign", "/b"))
+    assert "Cookie" not in upstream.received[1].headers  # but never replayed for someone else
+
+
+# -- inbound: verify listener -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_id", ["key-v1", "key-v2"])
+async def test_library_signed_callback_is_forwarded_with_key_id(
+    make_gateway: GatewayFactory, upstream: Recorder, key_id: str
+) -> None:
+    gw = await make_gateway()
+    headers = lib_signed_headers(gw, key_id, extra={"X-Gateway-Key-Id": "spoofed"})
+    status, _, _ = await post(gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=headers)
+    assert status == 200
+    (received,) = upstream.received
+    assert received.headers.getall("X-Gateway-Key-Id") == [key_id]
+    assert "Signature" not in received.headers and "Signature-Input" not in received.headers
+    assert received.body == b'{"amount": 42}'
+
+
+def _tamper_body(h: CIMultiDict[str]) -> dict[str, Any]:
+    return {"data": b'{"amount": 4200}'}
+
+
+def _set(name: str, value: str) -> Any:
+    def mutate(h: CIMultiDict[str]) -> dict[str, Any]:
+        h[name] = value
+        return {}
+
+    return mutate
+
+
+def _drop(name: str) -> Any:
+    def mutate(h: CIMultiDict[str]) -> dict[str, Any]:
+        del h[name]
+        return {}
+
+    return mutate
+
+
+REJECTIONS = [
+    ("tampered body", _tamper_body, "digest_mismatch"),
+    ("tampered path", lambda h: {"path": "/hooks/refund?id=7"}, "signature_mismatch"),
+    ("tampered query", lambda h: {"path": "/hooks/pay?id=8"}, "signature_mismatch"),
+    ("tampered method", lambda h: {"method": "PUT"}, "signature_mismatch"),
+    ("missing signature", _drop("Signature"), "missing_signature"),
+    ("missing input", _drop("Signature-Input"), "missing_signature"),
+    ("malformed signature", _set("Signature", "cb=%%%"), "malformed_signature"),
+    ("malformed input", _set("Signature-Input", "cb=(("), "malformed_signature"),
+    (
+        "wrong digest",
+        _set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"),
+        "digest_mismatch",
+    ),
+    ("missing digest", _drop("Content-Digest"), "missing_digest"),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "reason"), REJECTIONS, ids=[r[0] for r in REJECTIONS])
+async def test_bad_callbacks_get_401_problem_and_are_not_forwarded(
+    make_gateway: GatewayFactory, upstream: Recorder, case: str, mutate: Any, reason: str
+) -> None:
+    gw = await make_gateway()
+    headers = lib_signed_headers(gw, "key-v1")
+    overrides = mutate(headers)
+    path = overrides.get("path", "/hooks/pay?id=7")
+    status, doc, resp_headers = await post(
+        gw.url("verify", path),
+        method=overrides.get("method", "POST"),
+        data=overrides.get("data", b'{"amount": 42}'),
+        headers=headers,
+    )
+    assert status == 401
+    assert resp_headers["Content-Type"] == "application/problem+json"
+    assert doc["reason"] == reason and doc["status"] == 401
+    assert "signature_base" not in doc  # debug echo is opt-in per route
+    assert upstream.received == []
+    for secret in gw.keys.values():
+        assert secret not in json.dumps(doc)
+
+
+async def test_unknown_key_stale_future_and_replay(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    gw = await make_gateway()
+    url = gw.url("verify", "/hooks/pay?id=7")
+    body = b'{"amount": 42}'
+    gw.keys["key-v9"] = random_secret()  # the sender knows a key the gateway does not
+    status, doc, _ = await post(url, data=body, headers=lib_signed_headers(gw, "key-v9"))
+    assert (status, doc["reason"]) == (401, "unknown_key")
+
+    stale = lib_signed_headers(gw, "key-v1", created=clock.now - 301)
+    status, doc, _ = await post(url, data=body, headers=stale)
+    assert (status, doc["reason"]) == (401, "stale")
+
+    future = lib_signed_headers(gw, "key-v1", created=clock.now + 31)
+    status, doc, _ = await post(url, data=body, headers=future)
+    assert (status, doc["reason"]) == (401, "future")
+
+    fresh = lib_signed_headers(gw, "key-v1")
+    assert (await post(url, data=body, headers=fresh))[0] == 200
+    status, doc, _ = await post(url, data=body, headers=fresh)
+    assert (status, doc["reason"]) == (401, "replayed")
+    assert len(upstream.received) == 1
+
+    # without a nonce the signature itself is the replay key
+    no_nonce = lib_signed_headers(gw, "key-v1", nonce=None)
+    assert (await post(url, data=body, headers=no_nonce))[0] == 200
+    assert (await post(url, data=body, headers=no_nonce))[1]["reason"] == "replayed"
+
+
+async def test_replay_entry_outlives_nothing_it_must_not(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    """A replay is refused as 'replayed' inside the window and as 'stale' after it: never accepted."""
+    gw = await make_gateway()
+    url = gw.url("verify", "/hooks/pay?id=7")
+    headers = lib_signed_headers(gw, "key-v1")
+    assert (await post(url, data=b'{"amount": 42}', headers=headers))[0] == 200
+    clock.advance(299)
+    assert (await post(url, data=b'{"amount": 42}', headers=headers))[1]["reason"] == "replayed"
+    clock.advance(10)
+    assert (await post(url, data=b'{"amount": 42}', headers=headers))[1]["reason"] == "stale"
+
+
+async def test_retiring_key_past_expiry_is_refused(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    old, new = random_secret(), random_secret()
+    expires = datetime.datetime.fromtimestamp(int(clock.now) + 60, tz=datetime.UTC)
+    document = {
+        "hmac_gateway_keyring": 1,
+        "keys": [
+            {"id": "key-v1", "secret": old, "state": "retiring", "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            {"id": "key-v2", "secret": new, "state": "primary"},
+            {"id": "key-v3", "secret": random_secret(), "state": "pending"},
+        ],
+    }
+    gw = await make_gateway(keys={"key-v1": old, "key-v2": new}, document=document)
+    # the lifecycle primary signs outbound, never the pending key
+    await post(gw.url("sign", "/x"), data=b"1")
+    assert lib_verify_received(gw, upstream.received[-1])[0].parameters["keyid"] == "key-v2"
+    url = gw.url("verify", "/hooks/pay?id=7")
+    assert (await post(url, data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v1")))[0] == 200
+    clock.now = expires.timestamp()  # no reload, no controller run: the clock alone retires it
+    status, doc, _ = await post(
+        url, data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v1", created=clock.now)
+    )
+    assert (status, doc["reason"]) == (401, "expired_key")
+
+
+async def test_new_key_added_to_file_is_accepted_without_restart(
+    make_gateway: GatewayFactory, upstream: Recorder
+) -> None:
+    gw = await make_gateway()
+    url = gw.url("verify", "/hooks/pay?id=7")
+    gw.keys["key-v3"] = random_secret()
+    gw.write_keyring(gw.keys)  # what `jq '. + {"key-v3": ...}'` does to the secret
+    status, doc, _ = await post(url, data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v3"))
+    assert doc["reason"] == "unknown_key"  # ...and that triggered one early refresh
+    cache = gw.runtime.caches["ring"]
+    for _ in range(200):
+        if cache.keyring is not None and cache.keyring.get("key-v3") is not None:
+            break
+        await asyncio.sleep(0.01)
+    status, _, _ = await post(url, data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v3"))
+    assert status == 200
+    assert upstream.received[-1].headers["X-Gateway-Key-Id"] == "key-v3"
+
+
+async def test_debug_mode_echoes_signature_base(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    def debug(raw: dict[str, Any]) -> None:
+        raw["routes"][1]["debug_signature_base"] = True
+
+    gw = await make_gateway(tweak=debug)
+    headers = lib_signed_headers(gw, "key-v1")
+    status, doc, _ = await post(
+        gw.url("verify", "/hooks/pay?id=7"), method="PUT", data=b'{"amount": 42}', headers=headers
+    )
+    assert (status, doc["reason"]) == (401, "signature_mismatch")
+    assert doc["signature_base"].startswith('"@method": PUT\n"@authority": 127.0.0.1:')
+
+
+# -- limits, routing, failures -------------------------------------------------------------------
+
+
+def _limit(raw: dict[str, Any]) -> None:
+    for route in raw["routes"]:
+        route["max_body_bytes"] = 1024
+
+
+async def test_oversized_bodies_get_413_before_forwarding(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    gw = await make_gateway(tweak=_limit)
+    status, doc, _ = await post(gw.url("sign", "/x"), data=b"x" * 1025)
+    assert (status, doc["reason"]) == (413, "body_too_large")
+
+    async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+        for _ in range(64):
+            yield b"y" * 512
+
+    status, doc, _ = await post(gw.url("verify", "/x"), data=chunks())
+    assert (status, doc["reason"]) == (413, "body_too_large")
+    assert (await post(gw.url("sign", "/x"), data=b"x" * 1024))[0] == 200
+    assert len(upstream.received) == 1
+
+
+async def raw_http(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    return data
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status", "reason"),
+    [
+        (b"GET http://169.254.169.254/latest/meta-data HTTP/1.1", b"400", b"absolute_form_target"),
+        (b"CONNECT 127.0.0.1:22 HTTP/1.1", b"405", b"method_not_allowed"),
+        (b"OPTIONS * HTTP/1.1", b"400", b"absolute_form_target"),
+    ],
+)
+async def test_not_an_open_proxy(
+    make_gateway: GatewayFactory, upstream: Recorder, request_line: bytes, status: bytes, reason: bytes
+) -> None:
+    gw = await make_gateway()
+    for listener in ("sign", "verify"):
+        reply = await raw_http(gw.port(listener), request_line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert reply.split(b"\r\n", 1)[0].split(b" ")[1] == status, reply[:200]
+        assert reason in reply
+    assert upstream.received == []
+
+
+async def test_no_route_is_404(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    def prefix(raw: dict[str, Any]) -> None:
+        raw["routes"][0]["path_prefix"] = "/api"
+
+    gw = await make_gateway(tweak=prefix)
+    assert (await post(gw.url("sign", "/apix")))[1]["reason"] == "no_route"
+    assert (await post(gw.url("sign", "/api/v1")))[0] == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_upstream_is_502(make_gateway: GatewayFactory) -> None:
+    def dead(raw: dict[str, Any]) -> None:
+        raw["routes"][0]["upstream"] = f"http://127.0.0.1:{_free_port()}"
+
+    gw = await make_gateway(tweak=dead)
+    status, doc, _ = await post(gw.url("sign", "/x"))
+    assert (status, doc["reason"]) == (502, "upstream_unavailable")
+    assert "127.0.0.1" not in json.dumps(doc)  # no internal detail
+
+
+async def test_slow_upstream_is_504(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    def slow(raw: dict[str, Any]) -> None:
+        raw["routes"][0]["upstream_timeout_seconds"] = 0.3
+
+    gw = await make_gateway(tweak=slow)
+    status, doc, _ = await post(gw.url("sign", "/slow"))
+    assert (status, doc["reason"]) == (504, "upstream_timeout")
+
+
+async def test_not_ready_until_keyring_loads_and_503_without_keys(
+    make_gateway: GatewayFactory, upstream: Recorder
+) -> None:
+    gw = await make_gateway(keys={})  # the keyring file does not exist and create is off
+    status, doc, _ = await post(gw.url("sign", "/readyz"), method="GET")
+    assert status == 503 and doc["keyrings"]["ring"]["loaded"] is False
+    assert "does not exist" in doc["keyrings"]["ring"]["last_error"]
+    assert (await post(gw.url("sign", "/healthz"), method="GET"))[0] == 200
+    status, doc, _ = await post(gw.url("sign", "/x"))
+    assert (status, doc["reason"]) == (503, "keyring_unavailable")
+    gw.write_keyring({"key-v1": random_secret()})
+    assert await gw.runtime.caches["ring"].refresh()
+    assert (await post(gw.url("sign", "/readyz"), method="GET"))[0] == 200
+    assert (await post(gw.url("sign", "/x")))[0] == 200
