@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -31,6 +33,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, separators=(",", ":"))
 
 
+class ParserRefusalFilter(logging.Filter):
+    """aiohttp logs a malformed request (client garbage it answers 400 itself) at ERROR with a
+    traceback. That is the client's fault, not ours: keep it as one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed request refused by the HTTP parser", ()
+            record.exc_info = record.exc_text = None
+            record.status = exc.code
+            record.reason = "bad_request"
+        return True
+
+
 def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -39,3 +56,6 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log is replaced by our one line per request.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserRefusalFilter) for f in server_log.filters):
+        server_log.addFilter(ParserRefusalFilter())
