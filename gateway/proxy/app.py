@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -253,7 +254,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
 
 def _health(runtime: Runtime, path: str, request_id: str) -> web.Response:
     if path == "/healthz":
-        body: dict[str, object] = {"status": "alive"}
+        body: dict[str, object] = {"status": "alive", "pid": os.getpid()}
         status = 200
     else:
         ready = runtime.ready()

@@ -1,0 +1,284 @@
+"""``hmac-gateway serve`` as an operator runs it: a real process, real signals, real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.helpers import random_secret
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp: Path, body: str) -> Path:
+    path = tmp / "gateway.toml"
+    path.write_text(body)
+    return path
+
+
+def loop_config(tmp: Path, sign: int, verify: int, echo: int, create: bool = True) -> Path:
+    return write_config(
+        tmp,
+        f"""
+[gateway]
+shutdown_grace_seconds = 5
+[keyrings.demo]
+path = "keyrings/demo.json"
+create = {str(create).lower()}
+[listeners.sign]
+port = {sign}
+[listeners.verify]
+port = {verify}
+[echo]
+port = {echo}
+[[routes]]
+name = "out"
+listener = "sign"
+mode = "sign"
+upstream = "http://127.0.0.1:{verify}"
+keyring = "demo"
+[[routes]]
+name = "in"
+listener = "verify"
+mode = "verify"
+upstream = "http://127.0.0.1:{echo}"
+keyring = "demo"
+""",
+    )
+
+
+class Proc:
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.stderr_path = cwd / f"stderr-{time.monotonic_ns()}.log"
+        self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=self._err
+        )
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait(self, timeout: float = 20) -> int:
+        try:
+            return self.popen.wait(timeout)
+        finally:
+            self._err.close()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()  # only our own child, by its pid
+            self.popen.wait(10)
+        self._err.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def wait_ready(port: int, proc: Proc, deadline: float = 20) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        assert proc.popen.poll() is None, proc.stderr
+        try:
+            if (await get_json(f"http://127.0.0.1:{port}/readyz"))[0] == 200:
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not ready in {deadline}s: {proc.stderr}")
+
+
+async def test_demo_loop_runs_on_a_fresh_install(tmp_path: Path, procs: list[Proc]) -> None:
+    sign, verify, echo = free_port(), free_port(), free_port()
+    proc = Proc("--config", str(loop_config(tmp_path, sign, verify, echo)), "serve", cwd=tmp_path)
+    procs.append(proc)
+    await wait_ready(sign, proc)
+    keyring = tmp_path / "keyrings" / "demo.json"
+    assert oct(keyring.stat().st_mode & 0o777) == "0o600"  # created on first start, private
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://127.0.0.1:{sign}/orders?id=1", data=b'{"hi": 1}', headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 200
+            echoed = await resp.json()
+        async with session.post(f"http://127.0.0.1:{verify}/orders", data=b"unsigned") as resp:
+            assert resp.status == 401
+            assert (await resp.json(content_type=None))["reason"] == "missing_signature"
+    headers = dict(echoed["headers"])
+    secret = json.loads(keyring.read_text())["keys"][0]["secret"]
+    assert headers["X-Gateway-Key-Id"] == json.loads(keyring.read_text())["keys"][0]["id"]
+    assert echoed["body"] == '{"hi": 1}'
+    assert secret not in proc.stderr  # logs never carry key material
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line["msg"] == "request"]
+    assert {r["listener"] for r in requests} >= {"sign", "verify"}
+    assert len({r["request_id"] for r in requests if r["path"] == "/orders"}) >= 2
+    # the same request id crossed both hops
+    ids = [r["request_id"] for r in requests if r["listener"] == "sign" and r["path"] == "/orders"]
+    assert any(r["request_id"] == ids[0] for r in requests if r["listener"] == "verify")
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_0(
+    tmp_path: Path, procs: list[Proc], aiohttp_server: Any
+) -> None:
+    arrived = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(1.0)  # a slow upstream answer, well inside the 5 s grace period
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    upstream: TestServer = await aiohttp_server(app, host="127.0.0.1")
+    ring = tmp_path / "ring.json"
+    ring.write_text(json.dumps({"k1": random_secret()}))
+    os.chmod(ring, 0o600)
+    port = free_port()
+    cfg = write_config(
+        tmp_path,
+        f"""
+[gateway]
+shutdown_grace_seconds = 5
+[keyrings.r]
+path = "ring.json"
+[listeners.sign]
+port = {port}
+[[routes]]
+name = "out"
+listener = "sign"
+mode = "sign"
+upstream = "http://127.0.0.1:{upstream.port}"
+keyring = "r"
+""",
+    )
+    proc = Proc("--config", str(cfg), "serve", cwd=tmp_path)
+    procs.append(proc)
+    await wait_ready(port, proc)
+    async with aiohttp.ClientSession() as session:
+        in_flight = asyncio.ensure_future(session.post(f"http://127.0.0.1:{port}/work", data=b"x"))
+        await asyncio.wait_for(arrived.wait(), 10)
+        proc.popen.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
+            async with aiohttp.ClientSession() as other, other.get(f"http://127.0.0.1:{port}/healthz"):
+                pass
+        resp = await asyncio.wait_for(in_flight, 10)
+        assert resp.status == 200
+        assert await resp.text() == "finished"
+    assert await asyncio.to_thread(proc.wait) == 0
+    assert '"msg":"draining"' in proc.stderr
+
+
+async def test_workers_share_the_port(tmp_path: Path, procs: list[Proc]) -> None:
+    sign, verify, _ = free_port(), free_port(), free_port()
+    cfg = loop_config(tmp_path, sign, verify, 0)
+    text = cfg.read_text().replace("[echo]\nport = 0\n", "")
+    text = text.replace('upstream = "http://127.0.0.1:0"', f'upstream = "http://127.0.0.1:{sign}"')
+    cfg.write_text(text)
+    proc = Proc("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
+    procs.append(proc)
+    await wait_ready(sign, proc)
+    pids = set()
+    for _ in range(200):
+        status, doc = await get_json(f"http://127.0.0.1:{sign}/healthz")
+        assert status == 200
+        pids.add(doc["pid"])
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, "both workers should accept connections on the shared port"
+    assert proc.popen.pid not in pids  # the parent only supervises
+    proc.popen.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait) == 0
+
+
+def test_second_gateway_on_a_taken_port_fails_with_exit_4(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = loop_config(tmp_path, port, free_port(), free_port())
+        result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "cannot bind" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unloadable_keyring_stops_the_start_with_exit_3(tmp_path: Path) -> None:
+    cfg = loop_config(tmp_path, free_port(), free_port(), free_port(), create=False)
+    result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1].startswith("hmac-gateway: keyring 'demo' could not be loaded")
+    (tmp_path / "keyrings").mkdir()
+    short = tmp_path / "keyrings" / "demo.json"
+    short.write_text(json.dumps({"k1": "too-short-secret"}))
+    os.chmod(short, 0o600)
+    result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "'k1'" in result.stderr and "too-short-secret" not in result.stderr
+    cfg.write_text(cfg.read_text().split("[echo]")[0] + "[[routes]]" + cfg.read_text().split("[[routes]]", 1)[1])
+    result = run_cli("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr  # checked once, before any worker starts
+    assert "'k1'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_public_sign_listener_is_refused_with_exit_2(tmp_path: Path) -> None:
+    cfg = loop_config(tmp_path, free_port(), free_port(), free_port())
+    cfg.write_text(cfg.read_text().replace("[listeners.sign]\n", '[listeners.sign]\nhost = "0.0.0.0"\n'))
+    result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "signing oracle" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_keys_lists_states_and_never_secrets(tmp_path: Path) -> None:
+    secrets = {"key-v1": random_secret(), "key-v2": random_secret()}
+    cfg = loop_config(tmp_path, free_port(), free_port(), free_port(), create=False)
+    (tmp_path / "keyrings").mkdir()
+    ring = tmp_path / "keyrings" / "demo.json"
+    ring.write_text(json.dumps(secrets))
+    os.chmod(ring, 0o600)
+    text = run_cli("--config", str(cfg), "keys", cwd=tmp_path)
+    assert text.returncode == 0
+    assert "signing with key-v2" in text.stdout and "key-v1" in text.stdout
+    as_json = run_cli("--config", str(cfg), "keys", "--json", cwd=tmp_path)
+    doc = json.loads(as_json.stdout)
+    assert doc["schema"] == 1
+    assert [k["id"] for k in doc["keyrings"]["demo"]["keys"]] == ["key-v1", "key-v2"]
+    for out in (text, as_json):
+        for secret in secrets.values():
+            assert secret not in out.stdout + out.stderr
