@@ -348,14 +348,31 @@ async def test_oversized_bodies_get_413_before_forwarding(make_gateway: GatewayF
     status, doc, _ = await post(gw.url("sign", "/x"), data=b"x" * 1025)
     assert (status, doc["reason"]) == (413, "body_too_large")
 
-    async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
-        for _ in range(64):
-            yield b"y" * 512
+    big = b"y" * 32768
+    headers = lib_signed_headers(gw, "key-v1", path="/x", body=big)
 
-    status, doc, _ = await post(gw.url("verify", "/x"), data=chunks())
+    async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(big), 512):
+            yield big[i : i + 512]
+
+    status, doc, _ = await post(gw.url("verify", "/x"), data=chunks(), headers=headers)
     assert (status, doc["reason"]) == (413, "body_too_large")
     assert (await post(gw.url("sign", "/x"), data=b"x" * 1024))[0] == 200
     assert len(upstream.received) == 1
+
+
+async def test_unsigned_upload_is_refused_before_its_body_is_read(
+    make_gateway: GatewayFactory, upstream: Recorder
+) -> None:
+    """Cheap checks first: a request with no valid signature headers costs no body read."""
+    gw = await make_gateway()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port("verify"))
+    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n" + b"z" * 1000)
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(4096), 5)  # answered while 99.999 MB are still unsent
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 401") and b"missing_signature" in reply
+    assert upstream.received == []
 
 
 async def raw_http(port: int, request: bytes) -> bytes:

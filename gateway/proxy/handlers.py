@@ -122,13 +122,13 @@ class RouteHandler:
         keyring = self.cache.keyring
         if keyring is None:
             raise RequestRejected(Reason.KEYRING_UNAVAILABLE, f"keyring {self.route.keyring!r} is not loaded")
-        body = await read_body(request, self.route.max_body_bytes)
         headers = _forward_headers(request, self.drop)
         target_path = self.upstream_path(path)
         if self.route.mode == "sign":
+            body = await read_body(request, self.route.max_body_bytes)
             self._sign(request, headers, target_path, query, body, outcome)
         else:
-            await self._verify(request, headers, path, query, body, outcome)
+            body = await self._verify(request, headers, path, query, outcome)
         headers["X-Request-Id"] = request_id
         outcome.outcome = "forwarded"
         return await self.upstream.forward(
@@ -179,9 +179,9 @@ class RouteHandler:
         headers: CIMultiDict[str],
         path: str,
         query: str | None,
-        body: bytes,
         outcome: Outcome,
-    ) -> None:
+    ) -> bytes:
+        """Verify, reading the body only once every header check has passed; returns the body."""
         keyring = self.cache.keyring
         assert keyring is not None
         now = self.clock()
@@ -194,7 +194,9 @@ class RouteHandler:
             scheme=self.route.public_scheme,
         )
         try:
-            verified = rfc9421.verify(view, body, keyring, self.policy, now)
+            candidates = rfc9421.check_headers(view, keyring, self.policy, now)
+            body = await read_body(request, self.route.max_body_bytes)
+            verified = rfc9421.check_body(view, body, candidates)
         except VerificationError as exc:
             if exc.reason is Reason.UNKNOWN_KEY:
                 self.cache.request_early_refresh()
@@ -214,3 +216,4 @@ class RouteHandler:
             if not fresh:
                 raise VerificationError(Reason.REPLAYED, "this signature was already used")
         headers[self.route.key_id_header] = verified.key_id
+        return body

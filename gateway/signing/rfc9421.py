@@ -306,8 +306,27 @@ class SignatureFailure(VerificationError):
         self.base_sha256 = hashlib.sha256(base).hexdigest() if base is not None else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A signature that passed every check that needs no body: what is left is digest and MAC."""
+
+    label: str
+    components: tuple[Component, ...]
+    member: sfv.InnerList
+    provided: bytes
+    keys: tuple[Key, ...]
+    created: int
+    nonce: str | None
+
+
 def verify(request: RequestView, body: bytes, keyring: Keyring, policy: VerifyPolicy, now: float) -> Verified:
-    """Verify the request's signatures; the first candidate that passes every check wins."""
+    """Verify the request's signatures: ``check_headers`` then ``check_body``."""
+    return check_body(request, body, check_headers(request, keyring, policy, now))
+
+
+def check_headers(request: RequestView, keyring: Keyring, policy: VerifyPolicy, now: float) -> list[Candidate]:
+    """The cheap checks, before a byte of the body is read: structure, parameters, coverage,
+    freshness, key id. Returns the signatures still in the running; raises if none is."""
     inputs_lines = request.headers.getall("signature-input", [])
     signature_lines = request.headers.getall("signature", [])
     if not inputs_lines or not signature_lines:
@@ -327,10 +346,25 @@ def verify(request: RequestView, body: bytes, keyring: Keyring, policy: VerifyPo
         labels = [lb for lb in labels if _tag_of(inputs[lb]) == policy.expected_tag]
         if not labels:
             raise VerificationError(Reason.TAG_MISMATCH, f"no signature carries tag {policy.expected_tag!r}")
+    candidates: list[Candidate] = []
     first_error: VerificationError | None = None
     for label in labels:
         try:
-            return _verify_one(request, body, keyring, policy, now, label, inputs[label], signatures[label])
+            candidates.append(_check_one(keyring, policy, now, label, inputs[label], signatures[label]))
+        except VerificationError as exc:
+            first_error = first_error or exc
+    if not candidates:
+        assert first_error is not None
+        raise first_error
+    return candidates
+
+
+def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate]) -> Verified:
+    """Digest and MAC for each candidate; the first that verifies wins."""
+    first_error: VerificationError | None = None
+    for candidate in candidates:
+        try:
+            return _check_digest_and_mac(request, body, candidate)
         except VerificationError as exc:
             first_error = first_error or exc
     assert first_error is not None
@@ -341,23 +375,21 @@ def _tag_of(member: sfv.Member) -> object:
     return member.params.get("tag")
 
 
-def _verify_one(
-    request: RequestView,
-    body: bytes,
+def _check_one(
     keyring: Keyring,
     policy: VerifyPolicy,
     now: float,
     label: str,
     member: sfv.Member,
     signature_member: sfv.Member,
-) -> Verified:
+) -> Candidate:
     malformed = Reason.MALFORMED_SIGNATURE
     if not isinstance(member, sfv.InnerList):
         raise VerificationError(malformed, f"Signature-Input {label!r} must be an inner list")
     if not isinstance(signature_member, sfv.Item) or not isinstance(signature_member.value, bytes):
         raise VerificationError(malformed, f"Signature {label!r} must be a byte sequence")
     try:
-        components = [Component.from_item(item) for item in member.items]
+        components = tuple(Component.from_item(item) for item in member.items)
     except ComponentError as exc:
         raise VerificationError(malformed, str(exc)) from None
     covered = {c.identifier for c in components}
@@ -393,30 +425,39 @@ def _verify_one(
         raise VerificationError(Reason.STALE, "signature has expired")
 
     key_id = params.get("keyid")
-    if isinstance(key_id, str):
-        keys = [keyring.verifying_key(key_id, now)]
-    else:
-        keys = keyring.verifying_keys(now)
+    keys = (keyring.verifying_key(key_id, now),) if isinstance(key_id, str) else tuple(keyring.verifying_keys(now))
+    if not keys:
+        raise VerificationError(Reason.UNKNOWN_KEY, "the keyring has no active key")
+    nonce = params.get("nonce")
+    return Candidate(
+        label=label,
+        components=components,
+        member=member,
+        provided=signature_member.value,
+        keys=keys,
+        created=created,
+        nonce=nonce if isinstance(nonce, str) else None,
+    )
 
-    if '"content-digest"' in covered:
+
+def _check_digest_and_mac(request: RequestView, body: bytes, candidate: Candidate) -> Verified:
+    if any(c.identifier == '"content-digest"' for c in candidate.components):
         digest_lines = request.headers.getall("content-digest", [])
         if not digest_lines:
             raise VerificationError(Reason.MISSING_DIGEST, "Content-Digest is covered but absent")
         verify_content_digest(", ".join(digest_lines), body)
-
     try:
-        base = signature_base(request, components, sfv.serialize_inner_list(member))
+        base = signature_base(request, candidate.components, sfv.serialize_inner_list(candidate.member))
     except (ComponentError, sfv.SFVError) as exc:
-        raise VerificationError(malformed, str(exc)) from None
-    provided = signature_member.value
-    for key in keys:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, str(exc)) from None
+    provided = candidate.provided
+    for key in candidate.keys:
         if hmac.compare_digest(hmac.digest(key.material, base, "sha256"), provided):
-            nonce = params.get("nonce")
-            token = nonce if isinstance(nonce, str) else base64.b64encode(provided).decode()
+            token = candidate.nonce if candidate.nonce is not None else base64.b64encode(provided).decode()
             return Verified(
-                label=label,
+                label=candidate.label,
                 key_id=key.id,
-                created=created,
+                created=candidate.created,
                 replay_token=token,
                 base_sha256=hashlib.sha256(base).hexdigest(),
             )
