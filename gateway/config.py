@@ -45,15 +45,39 @@ class ListenerConfig:
     health_endpoints: bool = True
 
 
+SOURCES = ("file", "aws-secretsmanager")
+_FILE_KEYS = ("path", "create", "seal_key_env", "check_permissions")
+_AWS_KEYS = (
+    "secret_id",
+    "region",
+    "profile",
+    "endpoint_url",
+    "connect_timeout_seconds",
+    "read_timeout_seconds",
+    "max_attempts",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyringConfig:
     name: str
     source: str = "file"
+    encoding: str = "raw"
+    start_degraded: bool = False
+    # file
     path: Path = Path("keyring.json")
     create: bool = False
-    encoding: str = "raw"
     seal_key_env: str | None = None
     check_permissions: bool = True
+    # aws-secretsmanager
+    secret_id: str = ""
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    max_attempts: int = 3
+    # cache
     refresh_interval: float = 30.0
     refresh_jitter: float = 0.1
     max_staleness: float = 3600.0
@@ -281,6 +305,17 @@ class _Reader:
             self.problems.append(f"{self.where}: unknown key {key!r}")
 
 
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "content-digest", "signature", "signature-input", "x-request-id"}
+    | {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"}
+)
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(c in _TCHAR for c in text)
+
+
 def _sf_safe(text: str) -> bool:
     return all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in text)
 
@@ -375,26 +410,47 @@ def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str
         where = f"[keyrings.{name}]"
         r = _Reader(table, where, problems)
         source = r.text("source", "file")
-        if source != "file":
-            problems.append(f"{where}.source: must be 'file', got {source!r}")
-        path_text = r.text("path", None)
-        if path_text is None:
-            problems.append(f"{where}.path: required for a file keyring")
-            path_text = f"{name}.json"
-        path = Path(path_text)
+        if source not in SOURCES:
+            problems.append(f"{where}.source: must be one of {', '.join(SOURCES)}, got {source!r}")
+        foreign = _AWS_KEYS if source == "file" else _FILE_KEYS if source in SOURCES else ()
+        for key in foreign:
+            if key in r.table:
+                problems.append(f"{where}.{key}: does not apply to a {source} keyring")
+        path = Path(f"{name}.json")
+        secret_id = ""
+        if source == "file":
+            path_text = r.text("path", None)
+            if path_text is None:
+                problems.append(f"{where}.path: required for a file keyring")
+            else:
+                path = Path(path_text)
+        elif source == "aws-secretsmanager":
+            secret_id = r.text("secret_id", "")
+            if not secret_id:
+                problems.append(f"{where}.secret_id: required (the secret's name or ARN)")
+        endpoint_url = r.text("endpoint_url", None)
+        if endpoint_url is not None and urlsplit(endpoint_url).scheme not in ("http", "https"):
+            problems.append(f"{where}.endpoint_url: must be an http(s) URL")
         encoding = r.text("encoding", "raw")
         if encoding not in ENCODINGS:
             problems.append(f"{where}.encoding: must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-        interval = r.number("refresh_interval_seconds", 30.0)
         out[name] = KeyringConfig(
             name=name,
             source=source,
+            encoding=encoding,
+            start_degraded=r.flag("start_degraded", False),
             path=path if path.is_absolute() else base_dir / path,
             create=r.flag("create", False),
-            encoding=encoding,
             seal_key_env=r.text("seal_key_env", None),
             check_permissions=r.flag("check_permissions", True),
-            refresh_interval=interval,
+            secret_id=secret_id,
+            region=r.text("region", None),
+            profile=r.text("profile", None),
+            endpoint_url=endpoint_url,
+            connect_timeout=r.number("connect_timeout_seconds", 2.0),
+            read_timeout=r.number("read_timeout_seconds", 5.0),
+            max_attempts=r.integer("max_attempts", 3, lo=1, hi=10),
+            refresh_interval=r.number("refresh_interval_seconds", 30.0),
             refresh_jitter=r.number("refresh_jitter", 0.1, positive=False),
             max_staleness=r.number("max_staleness_seconds", 3600.0),
             early_refresh_interval=r.number("early_refresh_interval_seconds", 10.0),
@@ -452,10 +508,15 @@ def _parse_routes(
         for key, text in (("label", label), ("tag", tag), ("require_tag", require_tag)):
             if text is not None and not _sf_safe(text):
                 problems.append(f"{where}.{key}: printable ASCII without quotes or backslashes only")
-        if (label and not (label[0].islower() or label[0] == "*")) or not all(
-            c.islower() or c.isdigit() or c in "_-.*" for c in label
+        if (
+            not label
+            or not (label[0].islower() or label[0] == "*")
+            or not all(c.islower() or c.isdigit() or c in "_-.*" for c in label)
         ):
             problems.append(f"{where}.label: must be a structured-field key (lower case, digits, _-.*)")
+        key_id_header = r.text("key_id_header", "X-Gateway-Key-Id")
+        if not _is_token(key_id_header) or key_id_header.lower() in _RESERVED_HEADERS:
+            problems.append(f"{where}.key_id_header: must be a header name of our own (not {key_id_header!r})")
         public_scheme = r.text("public_scheme", "http")
         if public_scheme not in ("http", "https"):
             problems.append(f"{where}.public_scheme: must be http or https")
@@ -483,7 +544,7 @@ def _parse_routes(
                 require_tag=require_tag,
                 replay_protection=r.flag("replay_protection", True),
                 keep_signature_headers=r.flag("keep_signature_headers", False),
-                key_id_header=r.text("key_id_header", "X-Gateway-Key-Id"),
+                key_id_header=key_id_header,
                 debug_signature_base=r.flag("debug_signature_base", False),
                 public_scheme=public_scheme,
             )
@@ -495,17 +556,27 @@ def _parse_routes(
 def _check_upstream(upstream: str, where: str, problems: list[str]) -> None:
     parts = urlsplit(upstream)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        problems.append(f"{where}.upstream: must be an absolute http(s) URL, got {upstream!r}")
+        # not echoed: a mistyped URL may carry credentials
+        problems.append(f"{where}.upstream: must be an absolute http(s) URL")
     elif parts.query or parts.fragment or parts.username or parts.password:
         problems.append(f"{where}.upstream: must not carry a query, fragment or credentials")
 
 
+def _bind_host(host: str) -> str:
+    return "127.0.0.1" if host == "localhost" else host.strip("[]")
+
+
 def _check_binds(listeners: dict[str, ListenerConfig], echo: EchoConfig | None, problems: list[str]) -> None:
-    binds: dict[tuple[str, int], str] = {}
     named = [(f"[listeners.{n}]", lc.host, lc.port) for n, lc in listeners.items()]
     if echo:
         named.append(("[echo]", echo.host, echo.port))
+    seen: list[tuple[str, str, int]] = []
     for where, host, port in named:
-        if port and (host, port) in binds:
-            problems.append(f"{where}: {host}:{port} is also bound by {binds[(host, port)]}")
-        binds[(host, port)] = where
+        if port:
+            for other, other_host, other_port in seen:
+                a, b = _bind_host(host), _bind_host(other_host)
+                wildcard = {"0.0.0.0", "::"} & {a, b}
+                if other_port == port and (a == b or wildcard):
+                    problems.append(f"{where}: {host}:{port} overlaps {other_host}:{port} of {other}")
+                    break
+        seen.append((where, host, port))

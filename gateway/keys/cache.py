@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.clock import Clock, system_clock
+from gateway.clock import Clock, system_clock, to_rfc3339
 from gateway.errors import KeyringError
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring
@@ -57,6 +57,7 @@ class KeyringCache:
         self.loaded_at: float | None = None  # last successful load (or unchanged check)
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self.failing_since: float | None = None  # first failure since the last success
         self.failures = 0
         self.loads = 0
         self._inflight: asyncio.Future[bool] | None = None
@@ -74,14 +75,16 @@ class KeyringCache:
 
     async def refresh(self) -> bool:
         """Load now (single flight). True on success; failures are recorded, never raised."""
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._refresh_once())
         inflight = self._inflight
-        try:
-            return await asyncio.shield(inflight)
-        finally:
-            if inflight.done() and self._inflight is inflight:
-                self._inflight = None
+        if inflight is None:
+            inflight = self._inflight = asyncio.ensure_future(self._refresh_once())
+            # Cleared when the load ends, whoever is (or is no longer) waiting for it.
+            inflight.add_done_callback(self._clear_inflight)
+        return await asyncio.shield(inflight)
+
+    def _clear_inflight(self, done: asyncio.Future[bool]) -> None:
+        if self._inflight is done:
+            self._inflight = None
 
     async def _refresh_once(self) -> bool:
         try:
@@ -99,6 +102,7 @@ class KeyringCache:
             log.info("keyring recovered", extra={"keyring": self.name, "after_failures": self.failures})
         self.failures = 0
         self.last_error = None
+        self.failing_since = None
         if previous is None or previous.version_id != keyring.version_id:
             log.info(
                 "keyring loaded",
@@ -116,6 +120,8 @@ class KeyringCache:
         self.failures += 1
         self.last_error = message
         self.last_error_at = self.clock()
+        if self.failing_since is None:
+            self.failing_since = self.last_error_at
         log.warning(
             "keyring refresh failed",
             extra={
@@ -171,7 +177,11 @@ class KeyringCache:
             "format": keyring.format if keyring else None,
             "signing_key": keyring.signing_key_id if keyring else None,
             "age_seconds": None if age is None else round(age, 3),
-            "stale": age is not None and age > self.policy.interval * 2 + self.policy.backoff_cap,
+            # stale: refreshes are failing and we serve the last good keyring; ready turns false
+            # only once that keyring is older than max_staleness
+            "stale": self.failing_since is not None and keyring is not None,
+            "stale_since": to_rfc3339(self.failing_since) if self.failing_since is not None else None,
+            "max_staleness_seconds": self.policy.max_staleness,
             "consecutive_failures": self.failures,
             "last_error": self.last_error,
         }

@@ -44,7 +44,8 @@ def decode_material(secret: str, encoding: str, *, keyring: str, key_id: str) ->
         else:
             raise KeyringFormatError(f"{where}: unknown encoding {encoding!r} (use one of {', '.join(ENCODINGS)})")
     except (ValueError, binascii.Error):
-        raise KeyringFormatError(f"{where}: secret is not valid {encoding}") from None
+        shown = "whsec_ base64" if secret.startswith("whsec_") else encoding
+        raise KeyringFormatError(f"{where}: secret is not valid {shown}") from None
     if len(material) < MIN_KEY_BYTES:
         raise KeyringFormatError(
             f"{where}: key material is {len(material)} bytes; at least {MIN_KEY_BYTES} are required"
@@ -74,20 +75,36 @@ def _parse_flat(name: str, data: dict[str, Any], encoding: str, version_id: str)
             raise KeyringFormatError(f"keyring {name!r}, key {key_id!r}: value must be a string")
         _check_key_id(name, key_id)
         material = decode_material(secret, encoding, keyring=name, key_id=key_id)
-        keys.append(Key(id=key_id, material=material, state=KeyState.PENDING, secret=secret))
-    # The last entry signs; every entry verifies (today's semantics, kept untouched).
+        keys.append(
+            Key(
+                id=key_id,
+                material=material,
+                state=KeyState.RETIRING,
+                secret=secret,
+                encoding=encoding if encoding != "raw" else None,
+            )
+        )
+    # The last entry signs; every entry verifies and none expires (today's semantics, kept
+    # untouched). Earlier entries are older keys, so they are retiring, not pending.
     last = keys[-1]
-    keys[-1] = Key(id=last.id, material=last.material, state=KeyState.PRIMARY, secret=last.secret)
+    keys[-1] = Key(
+        id=last.id, material=last.material, state=KeyState.PRIMARY, secret=last.secret, encoding=last.encoding
+    )
     return Keyring(name=name, keys=tuple(keys), signing_key_id=last.id, format="flat", version_id=version_id)
 
 
 def _parse_lifecycle(name: str, data: dict[str, Any], encoding: str, version_id: str) -> Keyring:
     where = f"keyring {name!r}"
-    if data.get(LIFECYCLE_MARKER) != LIFECYCLE_VERSION:
+    version = data.get(LIFECYCLE_MARKER)
+    if type(version) is not int or version != LIFECYCLE_VERSION:
         raise KeyringFormatError(
             f"{where}: unsupported lifecycle format version {data.get(LIFECYCLE_MARKER)!r} "
             f"(this gateway reads version {LIFECYCLE_VERSION})"
         )
+    unknown = sorted(set(data) - _DOCUMENT_FIELDS)
+    if unknown:
+        # a typo such as "encodng" would otherwise silently change how every secret decodes
+        raise KeyringFormatError(f"{where}: unknown field(s) {', '.join(unknown)}")
     doc_encoding = data.get("encoding", encoding)
     if doc_encoding not in ENCODINGS:
         raise KeyringFormatError(f"{where}: unknown encoding {doc_encoding!r}")
@@ -112,6 +129,7 @@ def _parse_lifecycle(name: str, data: dict[str, Any], encoding: str, version_id:
     )
 
 
+_DOCUMENT_FIELDS = {LIFECYCLE_MARKER, "encoding", "keys"}
 _KEY_FIELDS = {"id", "secret", "state", "encoding", "created_at", "promoted_at", "expires_at"}
 
 
@@ -151,7 +169,7 @@ def _parse_lifecycle_key(name: str, index: int, entry: dict[str, Any], doc_encod
         material=material,
         state=state,
         secret=secret,
-        encoding=key_encoding,
+        encoding=key_encoding or (doc_encoding if doc_encoding != "raw" else None),
         created_at=times["created_at"],
         promoted_at=times["promoted_at"],
         expires_at=times["expires_at"],

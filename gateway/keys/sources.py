@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 import stat
@@ -138,5 +139,5 @@ class FileSource:
             data = sealing.unseal(data, sealing.master_key_from_env(self.seal_key_env), where=self.description)
         elif sealing.is_sealed(data):
             raise SourceError(f"{self.description}: the file is sealed; set seal_key_env in its keyring config")
-        version = f"{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"
-        return Document(data=data, version_id=version)
+        # The content itself decides: an in-place edit within one mtime tick is still a new version.
+        return Document(data=data, version_id=hashlib.sha256(data).hexdigest()[:32])
