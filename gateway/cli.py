@@ -118,7 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError([f"[listeners.{zero[0]}].port: port 0 cannot be shared by --workers"])
     if cfg.echo is not None:
         raise ConfigError(["[echo]: the demo echo upstream runs with one worker only"])
-    _key_rows(cfg)  # creates missing keyrings once and fails fast with one line, before forking
+    if not any(kc.start_degraded for kc in cfg.keyrings.values()):
+        _key_rows(cfg)  # creates missing keyrings once and fails fast with one line, before forking
     return server.serve_workers(str(path), args.workers)
 
 

@@ -58,9 +58,11 @@ async def run(
     """Serve until ``stop`` is set. Raises StartupError if start-up fails."""
     async with open_runtime(config, clock=clock) as runtime:
         failed = await runtime.load_keyrings()
-        if failed:
-            name, error = next(iter(failed.items()))
-            raise StartupError(exitcodes.KEYRING_ERROR, f"keyring {name!r} could not be loaded: {error}")
+        for name, error in failed.items():
+            if not config.keyrings[name].start_degraded:
+                raise StartupError(exitcodes.KEYRING_ERROR, f"keyring {name!r} could not be loaded: {error}")
+            # Asked to start anyway: its routes answer 503 and /readyz stays 503 until it loads.
+            log.warning("starting degraded", extra={"keyring": name, "error": error})
         runners: list[web.AppRunner] = []
         bound: list[Bound] = []
         apps: list[tuple[str, str, int, web.Application]] = [

@@ -128,7 +128,11 @@ async def make_gateway(
     stack = contextlib.AsyncExitStack()
 
     async def factory(
-        *, keys: dict[str, str] | None = None, document: dict[str, Any] | None = None, tweak: Any = None
+        *,
+        keys: dict[str, str] | None = None,
+        document: dict[str, Any] | None = None,
+        tweak: Any = None,
+        refresh: bool = False,
     ) -> Gateway:
         keyring_path = tmp_path / "ring.json"
         keys = keys if keys is not None else {"key-v1": random_secret(), "key-v2": random_secret()}
@@ -138,7 +142,7 @@ async def make_gateway(
         if tweak is not None:
             tweak(raw)
         cfg = config_mod.parse(raw, base_dir=tmp_path)
-        runtime = await stack.enter_async_context(open_runtime(cfg, clock=clock, refresh=False))
+        runtime = await stack.enter_async_context(open_runtime(cfg, clock=clock, refresh=refresh))
         await runtime.load_keyrings()
         servers = {
             name: await aiohttp_server(build_listener_app(runtime, lc), host="127.0.0.1")

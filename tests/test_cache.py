@@ -417,6 +417,7 @@ def test_status_before_any_load(source: StubSource, clock: FakeClock) -> None:
         "loaded": False,
         "ready": False,
         "source": "stub:ring",
+        "refreshing": False,
         "format": None,
         "signing_key": None,
         "age_seconds": None,
@@ -436,6 +437,7 @@ async def test_status_after_a_load_and_a_failure(source: StubSource, clock: Fake
         "loaded": True,
         "ready": True,
         "source": "stub:ring",
+        "refreshing": False,
         "format": "flat",
         "signing_key": "key-v2",
         "age_seconds": 1.235,
@@ -481,3 +483,14 @@ async def test_a_cancelled_waiter_does_not_leave_a_finished_load_in_flight(sourc
     source._gate = None
     assert await cache.refresh()
     assert source.calls == 2  # a new load, not the stale finished one
+
+
+async def test_status_shows_a_refresh_in_flight(source: StubSource) -> None:
+    cache = make_cache(source)
+    source.hold()
+    pending = asyncio.ensure_future(cache.refresh())
+    await wait_for_thread_entry(source)
+    assert cache.status(T0)["refreshing"] is True
+    source.release()
+    assert await pending
+    assert cache.status(T0)["refreshing"] is False

@@ -174,6 +174,7 @@ class KeyringCache:
             "loaded": keyring is not None,
             "ready": self.is_ready(now),
             "source": self.source.description,
+            "refreshing": self._inflight is not None,
             "format": keyring.format if keyring else None,
             "signing_key": keyring.signing_key_id if keyring else None,
             "age_seconds": None if age is None else round(age, 3),

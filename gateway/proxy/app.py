@@ -31,6 +31,7 @@ from aiohttp import web
 from gateway.clock import Clock, system_clock
 from gateway.config import GatewayConfig, KeyringConfig, ListenerConfig
 from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
+from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.cache import KeyringCache, RefreshPolicy
 from gateway.keys.sources import FileSource, KeySource
 from gateway.proxy.forward import Upstream
@@ -75,6 +76,17 @@ class Runtime:
 
 
 def make_source(config: KeyringConfig, clock: Clock) -> KeySource:
+    if config.source == "aws-secretsmanager":
+        return SecretsManagerSource(
+            config.name,
+            config.secret_id,
+            region=config.region,
+            profile=config.profile,
+            endpoint_url=config.endpoint_url,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_attempts=config.max_attempts,
+        )
     return FileSource(
         config.name,
         config.path,
