@@ -43,6 +43,8 @@ class ListenerConfig:
     port: int = 8080
     allow_non_loopback: bool = False
     health_endpoints: bool = True
+    client_token_env: str | None = None  # env var holding the token clients must send
+    client_token: str = field(default="", repr=False, compare=False)  # resolved at load; never shown
 
 
 SOURCES = ("file", "aws-secretsmanager")
@@ -154,9 +156,14 @@ class GatewayConfig:
         }
 
 
+_NEVER_SHOWN = frozenset({"client_token"})
+
+
 def _public(obj: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in obj.__dataclass_fields__:  # type: ignore[attr-defined]
+        if name in _NEVER_SHOWN:
+            continue
         value = getattr(obj, name)
         out[name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
     return out
@@ -194,7 +201,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
     problems: list[str] = []
     applied = apply_env_overrides(raw, environ, problems)
-    return parse(raw, base_dir=path.resolve().parent, source=path, problems=problems, overrides=applied)
+    return parse(
+        raw, base_dir=path.resolve().parent, source=path, problems=problems, overrides=applied, environ=environ
+    )
 
 
 def _parse_env_value(text: str) -> Any:
@@ -327,8 +336,10 @@ def parse(
     source: Path | None = None,
     problems: list[str] | None = None,
     overrides: tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> GatewayConfig:
     problems = [] if problems is None else problems
+    environ = os.environ if environ is None else environ
     top = _Reader(raw, "config", problems)
     top.used.update({"gateway", "listeners", "keyrings", "routes", "echo"})
 
@@ -340,7 +351,7 @@ def parse(
     replay_max = gw.integer("replay_max_entries", 1_000_000, lo=1)
     gw.finish()
 
-    listeners = _parse_listeners(raw.get("listeners", {}), problems)
+    listeners = _parse_listeners(raw.get("listeners", {}), problems, environ)
     keyrings = _parse_keyrings(raw.get("keyrings", {}), base_dir, problems)
     routes = _parse_routes(raw.get("routes", []), listeners, keyrings, problems)
 
@@ -383,19 +394,34 @@ def _tables(value: Any, section: str, problems: list[str]) -> dict[str, Any]:
     return value
 
 
-def _parse_listeners(value: Any, problems: list[str]) -> dict[str, ListenerConfig]:
+MIN_CLIENT_TOKEN = 16
+
+
+def _parse_listeners(value: Any, problems: list[str], environ: Mapping[str, str]) -> dict[str, ListenerConfig]:
     out = {}
     tables = _tables(value, "listeners", problems)
     if not tables:
         problems.append("[listeners]: at least one listener is required")
     for name, table in tables.items():
-        r = _Reader(table, f"[listeners.{name}]", problems)
+        where = f"[listeners.{name}]"
+        r = _Reader(table, where, problems)
+        token_env = r.text("client_token_env", None)
+        token = ""
+        if token_env is not None:
+            token = environ.get(token_env, "")
+            if len(token) < MIN_CLIENT_TOKEN:
+                problems.append(
+                    f"{where}.client_token_env: ${token_env} must hold a token of at least "
+                    f"{MIN_CLIENT_TOKEN} characters (it is {'unset' if not token else 'too short'})"
+                )
         out[name] = ListenerConfig(
             name=name,
             host=r.text("host", "127.0.0.1"),
             port=r.integer("port", 8080, hi=65535),
             allow_non_loopback=r.flag("allow_non_loopback", False),
             health_endpoints=r.flag("health_endpoints", True),
+            client_token_env=token_env,
+            client_token=token,
         )
         r.finish()
     return out

@@ -77,6 +77,7 @@ class Reason(enum.Enum):
     DIGEST_MISMATCH = "digest_mismatch"
     SIGNATURE_MISMATCH = "signature_mismatch"
     # request shape
+    CLIENT_TOKEN_REQUIRED = "client_token_required"  # noqa: S105 - a reason code, not a secret
     BAD_REQUEST = "bad_request"
     ABSOLUTE_FORM_TARGET = "absolute_form_target"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -114,6 +115,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.MALFORMED_DIGEST: _ReasonInfo(401, "Content-Digest header is malformed or uses no supported algorithm"),
     Reason.DIGEST_MISMATCH: _ReasonInfo(401, "Body does not match Content-Digest"),
     Reason.SIGNATURE_MISMATCH: _ReasonInfo(401, "Signature does not verify"),
+    Reason.CLIENT_TOKEN_REQUIRED: _ReasonInfo(401, "This listener requires a valid X-Gateway-Token"),
     Reason.BAD_REQUEST: _ReasonInfo(400, "Request is malformed"),
     Reason.ABSOLUTE_FORM_TARGET: _ReasonInfo(400, "Absolute-form request targets are refused (not a forward proxy)"),
     Reason.METHOD_NOT_ALLOWED: _ReasonInfo(405, "Method not allowed"),

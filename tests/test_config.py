@@ -602,3 +602,14 @@ def test_check_config_json_prints_the_effective_config(tmp_path: Path, capsys: p
     assert data["keyrings"]["main"]["path"] == str(tmp_path / "keys" / "main.json")
     assert data["source"] == str(path)
     assert "config OK" in captured.err
+
+
+def test_client_token_env_must_name_a_set_long_enough_token() -> None:
+    raw = base()
+    raw["listeners"]["sign"]["client_token_env"] = "SIGN_TOKEN"
+    problems = problems_of(raw)
+    assert any("$SIGN_TOKEN must hold a token of at least 16 characters (it is unset)" in p for p in problems)
+    cfg = config_mod.parse(raw, base_dir=Path("/tmp"), environ={"SIGN_TOKEN": "t" * 32})
+    assert cfg.listeners["sign"].client_token == "t" * 32
+    with pytest.raises(ConfigError, match="too short"):
+        config_mod.parse(raw, base_dir=Path("/tmp"), environ={"SIGN_TOKEN": "short"})

@@ -451,3 +451,28 @@ async def test_not_ready_until_keyring_loads_and_503_without_keys(
     assert await gw.runtime.caches["ring"].refresh()
     assert (await post(gw.url("sign", "/readyz"), method="GET"))[0] == 200
     assert (await post(gw.url("sign", "/x")))[0] == 200
+
+
+async def test_client_token_guards_a_sign_listener(
+    make_gateway: GatewayFactory, upstream: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = random_secret()
+    monkeypatch.setenv("TEST_SIGN_TOKEN", token)
+
+    def guarded(raw: dict[str, Any]) -> None:
+        raw["listeners"]["sign"]["client_token_env"] = "TEST_SIGN_TOKEN"
+
+    gw = await make_gateway(tweak=guarded)
+    status, doc, _ = await post(gw.url("sign", "/x"), data=b"1")
+    assert (status, doc["reason"]) == (401, "client_token_required")
+    status, doc, _ = await post(
+        gw.url("sign", "/x"), data=b"1", headers={"X-Gateway-Token": token[:-1] + ("1" if token[-1] == "0" else "0")}
+    )
+    assert (status, doc["reason"]) == (401, "client_token_required")
+    assert upstream.received == []
+    assert (await post(gw.url("sign", "/healthz"), method="GET"))[0] == 200  # probes need no token
+    assert (await post(gw.url("sign", "/x"), data=b"1", headers={"X-Gateway-Token": token}))[0] == 200
+    assert "X-Gateway-Token" not in upstream.received[0].headers  # for the gateway only
+    assert (await post(gw.url("verify", "/x")))[1]["reason"] == "missing_signature"  # other listeners unaffected
+    config = gw.runtime.config
+    assert token not in repr(config) and token not in json.dumps(config.to_public_dict())

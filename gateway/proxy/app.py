@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.cache import KeyringCache, RefreshPolicy
 from gateway.keys.sources import FileSource, KeySource
 from gateway.proxy.forward import Upstream
-from gateway.proxy.handlers import Outcome, RouteHandler
+from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
 from gateway.replay import MemoryReplayStore, ReplayStore
 
 log = logging.getLogger("gateway.access")
@@ -194,6 +195,8 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
         reverse=True,
     )
 
+    token = listener.client_token.encode() if listener.client_token else None
+
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every request, routed or not: request id, refusals, problem mapping, one log line."""
@@ -208,6 +211,10 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
                 raise RequestRejected(Reason.METHOD_NOT_ALLOWED, "CONNECT is refused: this is not a forward proxy")
             if not request.raw_path.startswith("/"):
                 raise RequestRejected(Reason.ABSOLUTE_FORM_TARGET, "send origin-form targets (/path?query)")
+            if token is not None and not _health_request(request):
+                offered = request.headers.get(CLIENT_TOKEN_HEADER, "").encode()
+                if not hmac.compare_digest(offered, token):
+                    raise RequestRejected(Reason.CLIENT_TOKEN_REQUIRED, f"send {CLIENT_TOKEN_HEADER}")
             response = await handler(request)
             status = response.status
             return response
@@ -248,7 +255,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
         outcome = request[_OUTCOME]
         path, sep, query_text = request.raw_path.partition("?")
         query = query_text if sep else None
-        if listener.health_endpoints and path in ("/healthz", "/readyz") and request.method in ("GET", "HEAD"):
+        if _health_request(request):
             outcome.outcome = "health"
             return _health(runtime, path, request[_REQUEST_ID])
         for handler in routes:
@@ -262,6 +269,14 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     app[LISTENER_KEY] = listener
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+def _health_request(request: web.Request) -> bool:
+    return (
+        request.app[LISTENER_KEY].health_endpoints
+        and request.path in ("/healthz", "/readyz")
+        and request.method in ("GET", "HEAD")
+    )
 
 
 def _health(runtime: Runtime, path: str, request_id: str) -> web.Response:

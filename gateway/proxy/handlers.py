@@ -27,8 +27,10 @@ from gateway.signing import rfc9421
 from gateway.signing.digest import content_digest
 
 SIGNATURE_HEADERS = frozenset({"signature", "signature-input"})
-# Never forwarded as the client sent them: we set them (host, content-length, request id).
-_ALWAYS_DROP = rfc9421.HOP_BY_HOP | {"host", "content-length", "x-request-id"}
+CLIENT_TOKEN_HEADER = "X-Gateway-Token"  # noqa: S105 - a header name, not a secret
+# Never forwarded as the client sent them: we set them (host, content-length, request id), or
+# they are for this gateway only (the client token).
+_ALWAYS_DROP = rfc9421.HOP_BY_HOP | {"host", "content-length", "x-request-id", CLIENT_TOKEN_HEADER.lower()}
 
 
 @dataclass(slots=True)
