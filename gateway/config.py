@@ -116,6 +116,7 @@ class RouteConfig:
     key_id_header: str = "X-Gateway-Key-Id"
     debug_signature_base: bool = False
     public_scheme: str = "http"
+    authorities: tuple[str, ...] = ()  # verify: the Host values senders may sign for (empty: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +574,7 @@ def _parse_routes(
                 key_id_header=key_id_header,
                 debug_signature_base=r.flag("debug_signature_base", False),
                 public_scheme=public_scheme,
+                authorities=tuple(a.lower() for a in r.str_list("authorities", ())),
             )
         )
         r.finish()

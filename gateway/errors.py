@@ -80,6 +80,8 @@ class Reason(enum.Enum):
     CLIENT_TOKEN_REQUIRED = "client_token_required"  # noqa: S105 - a reason code, not a secret
     BAD_REQUEST = "bad_request"
     ABSOLUTE_FORM_TARGET = "absolute_form_target"
+    NON_CANONICAL_PATH = "non_canonical_path"
+    MISDIRECTED = "misdirected"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NO_ROUTE = "no_route"
     BODY_TOO_LARGE = "body_too_large"
@@ -118,7 +120,11 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.CLIENT_TOKEN_REQUIRED: _ReasonInfo(401, "This listener requires a valid X-Gateway-Token"),
     Reason.BAD_REQUEST: _ReasonInfo(400, "Request is malformed"),
     Reason.ABSOLUTE_FORM_TARGET: _ReasonInfo(400, "Absolute-form request targets are refused (not a forward proxy)"),
+    Reason.NON_CANONICAL_PATH: _ReasonInfo(
+        400, "Path has dot segments, empty segments, encoded slashes or needless percent-encoding"
+    ),
     Reason.METHOD_NOT_ALLOWED: _ReasonInfo(405, "Method not allowed"),
+    Reason.MISDIRECTED: _ReasonInfo(421, "This route does not serve that authority"),
     Reason.NO_ROUTE: _ReasonInfo(404, "No route for this path"),
     Reason.BODY_TOO_LARGE: _ReasonInfo(413, "Request body exceeds the route's limit"),
     Reason.KEYRING_UNAVAILABLE: _ReasonInfo(503, "Keyring not loaded"),
@@ -139,7 +145,11 @@ class RequestRejected(GatewayError):
 
 
 class VerificationError(RequestRejected):
-    """A signature failed verification."""
+    """A signature failed verification. ``key_id`` is the sender's claimed key id, for logs."""
+
+    def __init__(self, reason: Reason, detail: str = "", key_id: str = "") -> None:
+        super().__init__(reason, detail)
+        self.key_id = key_id
 
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"

@@ -476,3 +476,158 @@ async def test_client_token_guards_a_sign_listener(
     assert (await post(gw.url("verify", "/x")))[1]["reason"] == "missing_signature"  # other listeners unaffected
     config = gw.runtime.config
     assert token not in repr(config) and token not in json.dumps(config.to_public_dict())
+
+
+async def test_upstream_failing_mid_stream_aborts_the_client_connection(make_gateway: GatewayFactory) -> None:
+    """Once the status line is out, a second response would corrupt the connection for a pooling
+    client: the gateway must drop the connection instead."""
+
+    async def broken_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n" + b"a" * 10)
+        await writer.drain()
+        writer.close()  # 290 bytes short
+
+    server = await asyncio.start_server(broken_upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    def broken(raw: dict[str, Any]) -> None:
+        raw["routes"][0]["upstream"] = f"http://127.0.0.1:{port}"
+
+    gw = await make_gateway(tweak=broken)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port("sign"))
+    request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    writer.write(request + request)  # a pipelined second request must not get a reply on this connection
+    await writer.drain()
+    received = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 5):
+        received += chunk
+    writer.close()
+    server.close()
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"a" * 10)
+    assert received.count(b"HTTP/1.1") == 1  # no second response written into the first one's body
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/api/../admin",
+        b"/api/./x",
+        b"/api/%2e%2e/admin",
+        b"/api/%2E%2E/admin",
+        b"/api/..%2fadmin",
+        b"/api%2fadmin",
+        b"/api%5cadmin",
+        b"/%61pi/x",  # needless encoding of an unreserved character: would dodge a prefix match
+        b"//evil.example/x",
+        b"/api//x",
+        b"/api/%zz",
+        b"/%68ealthz",
+    ],
+)
+async def test_non_canonical_paths_are_refused_before_routing(
+    make_gateway: GatewayFactory, upstream: Recorder, target: bytes
+) -> None:
+    gw = await make_gateway()
+    for listener in ("sign", "verify"):
+        reply = await raw_http(
+            gw.port(listener), b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+        assert b"non_canonical_path" in reply
+    assert upstream.received == []
+
+
+async def test_canonical_odd_paths_still_pass(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    gw = await make_gateway()
+    for target in ("/a/b/", "/a%20b/c?x=..%2f&y=//", "/caf%C3%A9", "/a/.well-known/x", "/a/..b/c..", "/"):
+        status, _, _ = await post(URL_JOIN(gw, target), method="GET")
+        assert status == 200, target
+    assert upstream.received[1].raw_path == "/up/a%20b/c?x=..%2f&y=//"  # the query is not a path
+
+
+def URL_JOIN(gw: Gateway, target: str) -> Any:
+    from yarl import URL
+
+    return URL(str(gw.url("sign", "/")).rstrip("/") + target, encoded=True)
+
+
+async def test_failures_log_the_claimed_key_id(
+    make_gateway: GatewayFactory, upstream: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await make_gateway()
+    gw.keys["key-v9"] = random_secret()
+    with caplog.at_level("INFO", logger="gateway.access"):
+        await post(
+            gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v9")
+        )
+        headers = lib_signed_headers(gw, "key-v1")
+        await post(gw.url("verify", "/hooks/pay?id=7"), method="PUT", data=b'{"amount": 42}', headers=headers)
+    lines = [r for r in caplog.records if r.getMessage() == "request"]
+    assert [(r.reason, r.key_id) for r in lines] == [("unknown_key", "key-v9"), ("signature_mismatch", "key-v1")]  # type: ignore[attr-defined]
+    assert len(lines[1].base_sha256) == 64  # type: ignore[attr-defined]
+
+
+async def test_key_id_header_spoofed_with_underscores_is_dropped(
+    make_gateway: GatewayFactory, upstream: Recorder
+) -> None:
+    gw = await make_gateway()
+    headers = lib_signed_headers(gw, "key-v1", extra={"X-Gateway-Key_Id": "key-admin", "x_gateway_key_id": "k2"})
+    assert (await post(gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=headers))[0] == 200
+    names = [n.lower().replace("_", "-") for n in upstream.received[0].headers]
+    assert names.count("x-gateway-key-id") == 1
+    assert upstream.received[0].headers["X-Gateway-Key-Id"] == "key-v1"
+
+
+async def test_problem_details_name_no_internal_configuration(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(keys={})
+    _, doc, _ = await post(gw.url("sign", "/x"))
+    assert doc["reason"] == "keyring_unavailable" and "'ring'" not in doc["detail"]
+    gw2 = await make_gateway(tweak=lambda raw: raw["routes"][0].update(path_prefix="/api"))
+    _, doc, _ = await post(gw2.url("sign", "/nope"))
+    assert doc["reason"] == "no_route" and "'sign'" not in doc["detail"]
+
+
+async def test_readyz_details_only_for_loopback_callers(make_gateway: GatewayFactory) -> None:
+    from gateway.proxy.app import _health
+
+    gw = await make_gateway()
+    public = json.loads(_health(gw.runtime, "/readyz", "id", detailed=False).text or "")
+    assert public == {"status": "ready", "draining": False}
+    local = json.loads(_health(gw.runtime, "/readyz", "id", detailed=True).text or "")
+    assert "ring" in local["keyrings"]
+
+
+async def test_readyz_is_503_while_draining(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    assert (await post(gw.url("sign", "/readyz"), method="GET"))[0] == 200
+    gw.runtime.draining = True  # what serve sets on SIGTERM, before closing the listeners
+    status, doc, _ = await post(gw.url("sign", "/readyz"), method="GET")
+    assert (status, doc["draining"]) == (503, True)
+
+
+async def test_replay_is_refused_up_to_the_last_second_of_the_window(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    gw = await make_gateway()
+    url = gw.url("verify", "/hooks/pay?id=7")
+    created = int(clock.now)
+    clock.now = created  # the window is inclusive: created + 300 is still fresh
+    headers = lib_signed_headers(gw, "key-v1", created=created)
+    assert (await post(url, data=b'{"amount": 42}', headers=headers))[0] == 200
+    clock.now = created + 300
+    assert (await post(url, data=b'{"amount": 42}', headers=headers))[1]["reason"] == "replayed"
+    clock.now = created + 300.001  # from here on the window itself refuses it
+    assert (await post(url, data=b'{"amount": 42}', headers=headers))[1]["reason"] == "stale"
+
+
+async def test_verify_route_can_pin_the_authorities_it_serves(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    def pinned(raw: dict[str, Any]) -> None:
+        raw["routes"][1]["authorities"] = ["hooks.example.com"]
+
+    gw = await make_gateway(tweak=pinned)
+    # validly signed, but for this listener's own address, which the route does not serve
+    headers = lib_signed_headers(gw, "key-v1")
+    status, doc, _ = await post(gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=headers)
+    assert (status, doc["reason"]) == (421, "misdirected")
+    assert upstream.received == []

@@ -21,7 +21,7 @@ from gateway.errors import Reason, VerificationError
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring
 from gateway.signing import rfc9421, sfv
-from gateway.signing.digest import content_digest
+from gateway.signing.digest import content_digest, verify_content_digest
 from gateway.signing.rfc9421 import Component, ComponentError, RequestView, VerifyPolicy
 from tests.helpers import REQUIRED, flat_keyring, lib_message, lib_signer, lib_verifier, load_vector, random_secret
 
@@ -389,13 +389,14 @@ def test_route_requirements_nonce_alg_tag() -> None:
 
 
 def test_missing_keyid_tries_every_active_key() -> None:
-    s = Signed(KEYS, "key-v2")
+    s = Signed(KEYS, "key-v1")
     comps = rfc9421.parse_components(REQUIRED)
     params = "(" + " ".join(c.identifier for c in comps) + f');created={NOW};nonce="keyless"'
-    mac = hmac.digest(KEYS["key-v2"].encode(), rfc9421.signature_base(s.view(), comps, params), "sha256")
+    # key-v1 is not the signing key: only trying *every* active key finds it
+    mac = hmac.digest(KEYS["key-v1"].encode(), rfc9421.signature_base(s.view(), comps, params), "sha256")
     s.headers["Signature-Input"] = f"sig1={params}"
     s.headers["Signature"] = f"sig1=:{base64.b64encode(mac).decode()}:"
-    assert rfc9421.verify(s.view(), s.body, s.keyring(), POLICY, NOW).key_id == "key-v2"
+    assert rfc9421.verify(s.view(), s.body, s.keyring(), POLICY, NOW).key_id == "key-v1"
     other = flat_keyring("ring", other=random_secret())
     assert reason_of(s, keyring=other) is Reason.SIGNATURE_MISMATCH
 
@@ -437,3 +438,16 @@ def test_signature_failure_carries_base_hash_never_the_key() -> None:
     assert err.value.signature_base is not None and b'"@method": DELETE' in err.value.signature_base
     for secret in KEYS.values():
         assert secret not in str(err.value) and secret not in repr(err.value)
+
+
+def test_every_supported_digest_entry_must_match() -> None:
+    body = B2["request"]["body"].encode()
+    good256 = B2["content_digest"]["body_18_bytes"]["sha-256"]
+    good512 = B2["content_digest"]["body_18_bytes"]["sha-512"]
+    wrong512 = B2["content_digest"]["body_19_bytes_with_trailing_LF"]["sha-512"]
+    verify_content_digest(f"{good256}, {good512}", body)
+    verify_content_digest(f"unknown=:AAAA:, {good512}", body)  # unknown algorithms are ignored
+    for value in (f"{good256}, {wrong512}", f"{wrong512}, {good256}"):
+        with pytest.raises(VerificationError) as err:
+            verify_content_digest(value, body)
+        assert err.value.reason is Reason.DIGEST_MISMATCH

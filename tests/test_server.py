@@ -212,16 +212,18 @@ async def test_workers_share_the_port(tmp_path: Path, procs: list[Proc]) -> None
     text = cfg.read_text().replace("[echo]\nport = 0\n", "")
     text = text.replace('upstream = "http://127.0.0.1:0"', f'upstream = "http://127.0.0.1:{sign}"')
     cfg.write_text(text)
+    refused = run_cli("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
+    assert refused.returncode == 2 and "replay could pass once per worker" in refused.stderr
+    cfg.write_text(text + "replay_protection = false\n")  # appended to the last route: the verify one
     proc = Proc("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
     procs.append(proc)
     await wait_ready(sign, proc)
     pids = set()
-    for _ in range(200):
+    deadline = time.monotonic() + 30  # the second worker may still be starting: bounded wait
+    while len(pids) < 2 and time.monotonic() < deadline:
         status, doc = await get_json(f"http://127.0.0.1:{sign}/healthz")
         assert status == 200
         pids.add(doc["pid"])
-        if len(pids) == 2:
-            break
     assert len(pids) == 2, "both workers should accept connections on the shared port"
     assert proc.popen.pid not in pids  # the parent only supervises
     proc.popen.send_signal(signal.SIGTERM)
@@ -251,7 +253,12 @@ def test_unloadable_keyring_stops_the_start_with_exit_3(tmp_path: Path) -> None:
     result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
     assert result.returncode == 3
     assert "'k1'" in result.stderr and "too-short-secret" not in result.stderr
-    cfg.write_text(cfg.read_text().split("[echo]")[0] + "[[routes]]" + cfg.read_text().split("[[routes]]", 1)[1])
+    cfg.write_text(
+        cfg.read_text().split("[echo]")[0]
+        + "[[routes]]"
+        + cfg.read_text().split("[[routes]]", 1)[1]
+        + "replay_protection = false\n"
+    )
     result = run_cli("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
     assert result.returncode == 3, result.stderr  # checked once, before any worker starts
     assert "'k1'" in result.stderr and "Traceback" not in result.stderr

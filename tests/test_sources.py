@@ -387,3 +387,11 @@ def test_sealed_file_permissions_are_still_checked(tmp_path: Path, master_env: s
     path = write(tmp_path / "ring.json", sealing.seal(flat_document(), MASTER), mode=0o644)
     with pytest.raises(SourceError, match="chmod 600"):
         FileSource("ring", path, seal_key_env=master_env).load()
+
+
+def test_document_repr_never_shows_the_secret(tmp_path: Path) -> None:
+    secret = "s" * 48
+    path = write(tmp_path / "ring.json", flat_document(secret))
+    document = FileSource("ring", path).load()
+    assert secret.encode() in document.data
+    assert secret not in repr(document) and secret not in str(document)

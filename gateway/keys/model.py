@@ -71,9 +71,9 @@ class Keyring:
         """The key that may verify a signature made with ``key_id`` at ``now``; raises otherwise."""
         key = self._by_id.get(key_id)
         if key is None:
-            raise VerificationError(Reason.UNKNOWN_KEY, f"key id {key_id!r} is not in keyring {self.name!r}")
+            raise VerificationError(Reason.UNKNOWN_KEY, f"key id {key_id!r} is not known", key_id=key_id)
         if not key.verifies_at(now):
-            raise VerificationError(Reason.EXPIRED_KEY, f"key id {key_id!r} expired")
+            raise VerificationError(Reason.EXPIRED_KEY, f"key id {key_id!r} expired", key_id=key_id)
         return key
 
     def verifying_keys(self, now: float) -> list[Key]:

@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +32,7 @@ from gateway.keys.model import Key, Keyring, KeyState
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    data: bytes
+    data: bytes = field(repr=False)
     version_id: str  # changes whenever the content changes
 
 

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.clock import Clock, system_clock
-from gateway.config import GatewayConfig, KeyringConfig, ListenerConfig
+from gateway.config import GatewayConfig, KeyringConfig, ListenerConfig, is_loopback
 from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
 from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.cache import KeyringCache, RefreshPolicy
 from gateway.keys.sources import FileSource, KeySource
-from gateway.proxy.forward import Upstream
+from gateway.proxy.forward import Upstream, UpstreamAborted
 from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
 from gateway.replay import MemoryReplayStore, ReplayStore
 
@@ -211,6 +211,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
                 raise RequestRejected(Reason.METHOD_NOT_ALLOWED, "CONNECT is refused: this is not a forward proxy")
             if not request.raw_path.startswith("/"):
                 raise RequestRejected(Reason.ABSOLUTE_FORM_TARGET, "send origin-form targets (/path?query)")
+            check_canonical_path(request.raw_path)
             if token is not None and not _health_request(request):
                 offered = request.headers.get(CLIENT_TOKEN_HEADER, "").encode()
                 if not hmac.compare_digest(offered, token):
@@ -224,6 +225,11 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
             status = exc.reason.status
             extra = {"signature_base": outcome.debug_base} if outcome.debug_base else {}
             return _problem(exc.reason, exc.detail, request_id, **extra)
+        except UpstreamAborted as exc:
+            outcome.outcome = "upstream_aborted"
+            outcome.reason = exc.reason.value
+            status = exc.reason.status
+            return exc.response  # already prepared; its connection is aborted
         except (asyncio.CancelledError, ConnectionResetError):
             status = 499  # the client went away; nothing to answer
             outcome.outcome = "client_closed"
@@ -257,12 +263,12 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
         query = query_text if sep else None
         if _health_request(request):
             outcome.outcome = "health"
-            return _health(runtime, path, request[_REQUEST_ID])
+            return _health(runtime, path, request[_REQUEST_ID], is_loopback(request.remote or ""))
         for handler in routes:
             if handler.matches(path):
                 outcome.route = handler.route.name
                 return await handler.handle(request, path, query, request[_REQUEST_ID], outcome)
-        raise RequestRejected(Reason.NO_ROUTE, f"no route on listener {listener.name!r} matches this path")
+        raise RequestRejected(Reason.NO_ROUTE, "no route matches this path")
 
     app = web.Application(middlewares=[edge], handler_args={"max_field_size": 16384})
     app[RUNTIME_KEY] = runtime
@@ -274,23 +280,55 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
 def _health_request(request: web.Request) -> bool:
     return (
         request.app[LISTENER_KEY].health_endpoints
-        and request.path in ("/healthz", "/readyz")
+        and request.raw_path in ("/healthz", "/readyz")
         and request.method in ("GET", "HEAD")
     )
 
 
-def _health(runtime: Runtime, path: str, request_id: str) -> web.Response:
+_UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
+
+
+def check_canonical_path(raw_target: str) -> None:
+    """Refuse paths an upstream might read differently from how we route and sign them.
+
+    Routes match raw path prefixes and the upstream receives the raw path byte for byte, so
+    anything a normalising upstream would rewrite (dot segments, ``//``, encoded ``/`` or
+    ``\\``, needlessly encoded unreserved characters such as ``%67``) could reach a path no
+    route was meant to expose. Such requests are answered ``400 non_canonical_path``.
+    """
+    path = raw_target.partition("?")[0]
+    segments = path.split("/")[1:]
+    for index, segment in enumerate(segments):
+        if not segment and index != len(segments) - 1:
+            raise RequestRejected(Reason.NON_CANONICAL_PATH, "empty path segment (//)")
+        if "\\" in segment or "#" in segment:
+            raise RequestRejected(Reason.NON_CANONICAL_PATH, "backslash or '#' in the path")
+        if segment in (".", ".."):
+            raise RequestRejected(Reason.NON_CANONICAL_PATH, "dot segment in the path")
+        position = segment.find("%")
+        while position != -1:
+            pair = segment[position + 1 : position + 3]
+            try:
+                char = chr(int(pair, 16))
+            except ValueError:
+                raise RequestRejected(Reason.NON_CANONICAL_PATH, "malformed percent-encoding") from None
+            if char in _UNRESERVED or char in "/\\":
+                raise RequestRejected(Reason.NON_CANONICAL_PATH, f"needless or unsafe percent-encoding %{pair}")
+            position = segment.find("%", position + 3)
+    if "#" in raw_target:
+        raise RequestRejected(Reason.NON_CANONICAL_PATH, "'#' in the request target")
+
+
+def _health(runtime: Runtime, path: str, request_id: str, detailed: bool) -> web.Response:
     if path == "/healthz":
         body: dict[str, object] = {"status": "alive", "pid": os.getpid()}
         status = 200
     else:
         ready = runtime.ready()
         status = 200 if ready else 503
-        body = {
-            "status": "ready" if ready else "not_ready",
-            "draining": runtime.draining,
-            "keyrings": runtime.keyring_status(),
-        }
+        body = {"status": "ready" if ready else "not_ready", "draining": runtime.draining}
+        if detailed:  # keyring names, sources and errors are for operators on the host only
+            body["keyrings"] = runtime.keyring_status()
     response = web.Response(status=status, text=json.dumps(body), content_type="application/json")
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"

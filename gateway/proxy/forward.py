@@ -36,6 +36,16 @@ def connection_tokens(headers: CIMultiDict[str] | web.BaseRequest | aiohttp.Clie
     return tokens
 
 
+class UpstreamAborted(Exception):
+    """The upstream failed after the response had started: the client connection was aborted,
+    because a second response (or a silently truncated one) would corrupt it."""
+
+    def __init__(self, response: web.StreamResponse, reason: Reason) -> None:
+        super().__init__(reason.value)
+        self.response = response
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
     scheme: str
@@ -115,10 +125,18 @@ class Upstream:
                 await response.write_eof()
                 return response
         except TimeoutError:
-            if response is not None and response.prepared:
-                raise  # headers already sent: all we can do is drop the connection
-            raise RequestRejected(Reason.UPSTREAM_TIMEOUT, "the upstream did not answer in time") from None
+            reason = Reason.UPSTREAM_TIMEOUT
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
-            if response is not None and response.prepared:
-                raise
-            raise RequestRejected(Reason.UPSTREAM_UNAVAILABLE, "the upstream could not be reached") from None
+            reason = Reason.UPSTREAM_UNAVAILABLE
+        if response is not None and response.prepared:
+            # Headers (and maybe part of the body) are out: the only honest signal left is to
+            # drop the connection, so no client or pooling proxy mistakes it for a whole answer.
+            if request.transport is not None:
+                request.transport.abort()
+            raise UpstreamAborted(response, reason)
+        detail = (
+            "the upstream did not answer in time"
+            if reason is Reason.UPSTREAM_TIMEOUT
+            else "the upstream could not be reached"
+        )
+        raise RequestRejected(reason, detail)

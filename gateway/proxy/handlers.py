@@ -66,7 +66,9 @@ def _forward_headers(request: web.Request, drop: frozenset[str] | set[str]) -> C
     drop = drop | connection_tokens(request) if "Connection" in request.headers else drop
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if name.lower() not in drop:
+        # "X-Gateway-Key_Id" must not slip past as a different header: CGI/WSGI upstreams
+        # read "_" and "-" alike.
+        if name.lower().replace("_", "-") not in drop:
             out.add(name, value)
     return out
 
@@ -123,7 +125,7 @@ class RouteHandler:
     ) -> web.StreamResponse:
         keyring = self.cache.keyring
         if keyring is None:
-            raise RequestRejected(Reason.KEYRING_UNAVAILABLE, f"keyring {self.route.keyring!r} is not loaded")
+            raise RequestRejected(Reason.KEYRING_UNAVAILABLE, "the keyring for this route is not loaded yet")
         headers = _forward_headers(request, self.drop)
         target_path = self.upstream_path(path)
         if self.route.mode == "sign":
@@ -187,9 +189,13 @@ class RouteHandler:
         keyring = self.cache.keyring
         assert keyring is not None
         now = self.clock()
+        authority = request.headers.get("Host", "")
+        if self.route.authorities and authority.lower() not in self.route.authorities:
+            # A signature made for another service sharing this keyring must not replay here.
+            raise RequestRejected(Reason.MISDIRECTED, "this route does not serve that Host")
         view = rfc9421.RequestView(
             method=request.method,
-            authority=request.headers.get("Host", ""),
+            authority=authority,
             path=path,
             query=query,
             headers=request.headers,
@@ -200,6 +206,7 @@ class RouteHandler:
             body = await read_body(request, self.route.max_body_bytes)
             verified = rfc9421.check_body(view, body, candidates)
         except VerificationError as exc:
+            outcome.key_id = exc.key_id[:128]
             if exc.reason is Reason.UNKNOWN_KEY:
                 self.cache.request_early_refresh()
             if isinstance(exc, rfc9421.SignatureFailure):
@@ -216,6 +223,6 @@ class RouteHandler:
                 replay_key(self.route.keyring, verified.key_id, verified.replay_token), ttl
             )
             if not fresh:
-                raise VerificationError(Reason.REPLAYED, "this signature was already used")
+                raise VerificationError(Reason.REPLAYED, "this signature was already used", key_id=verified.key_id)
         headers[self.route.key_id_header] = verified.key_id
         return body

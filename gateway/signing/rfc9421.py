@@ -352,6 +352,7 @@ def check_headers(request: RequestView, keyring: Keyring, policy: VerifyPolicy, 
         try:
             candidates.append(_check_one(keyring, policy, now, label, inputs[label], signatures[label]))
         except VerificationError as exc:
+            exc.key_id = exc.key_id or _claimed_key_id(inputs[label])
             first_error = first_error or exc
     if not candidates:
         assert first_error is not None
@@ -366,6 +367,7 @@ def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate
         try:
             return _check_digest_and_mac(request, body, candidate)
         except VerificationError as exc:
+            exc.key_id = exc.key_id or _claimed_key_id(candidate.member)
             first_error = first_error or exc
     assert first_error is not None
     raise first_error
@@ -373,6 +375,12 @@ def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate
 
 def _tag_of(member: sfv.Member) -> object:
     return member.params.get("tag")
+
+
+def _claimed_key_id(member: sfv.Member) -> str:
+    """The sender's keyid parameter, for logs (sf-strings are printable ASCII already)."""
+    key_id = member.params.get("keyid")
+    return key_id[:128] if type(key_id) is str else ""
 
 
 def _check_one(
