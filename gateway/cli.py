@@ -119,14 +119,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if cfg.echo is not None:
         raise ConfigError(["[echo]: the demo echo upstream runs with one worker only"])
     guarded = [r.name for r in cfg.routes if r.mode == "verify" and r.replay_protection]
-    if guarded:
+    if guarded and cfg.replay_store != "redis":
         # Each worker would hold its own in-memory replay store and SO_REUSEPORT spreads
         # connections across them: a replayed signature could pass once per worker.
         raise ConfigError(
             [
                 f"--workers {args.workers}: verify route(s) {', '.join(guarded)} use replay protection, and the "
-                "replay store is per process, so a replay could pass once per worker; run one worker "
-                "(or set replay_protection = false only where another layer stops replays)"
+                "in-memory replay store is per process, so a replay could pass once per worker; set "
+                "replay_store = 'redis' in [gateway], or run one worker"
             ]
         )
     if not any(kc.start_degraded for kc in cfg.keyrings.values()):

@@ -134,6 +134,9 @@ class GatewayConfig:
     log_level: str = "info"
     shutdown_grace: float = 10.0
     replay_max_entries: int = 1_000_000
+    replay_store: str = "memory"  # "memory" (one process) or "redis" (shared)
+    redis_url: str = field(default="", repr=False)  # may carry a password: never shown whole
+    redis_key_prefix: str = "hmac-gateway:replay:"
     source: Path | None = None
     overrides: tuple[str, ...] = field(default=())  # env variables applied (names only)
 
@@ -149,6 +152,9 @@ class GatewayConfig:
                 "log_level": self.log_level,
                 "shutdown_grace_seconds": self.shutdown_grace,
                 "replay_max_entries": self.replay_max_entries,
+                "replay_store": self.replay_store,
+                "redis_url": _redact_url(self.redis_url) if self.redis_url else None,
+                "redis_key_prefix": self.redis_key_prefix,
             },
             "listeners": {n: _public(v) for n, v in self.listeners.items()},
             "keyrings": {n: _public(v) for n, v in self.keyrings.items()},
@@ -168,6 +174,15 @@ def _public(obj: object) -> dict[str, Any]:
         value = getattr(obj, name)
         out[name] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}***@{netloc}").geturl()
 
 
 def is_loopback(host: str) -> bool:
@@ -350,6 +365,13 @@ def parse(
         problems.append(f"[gateway].log_level: must be debug, info, warning or error, got {log_level!r}")
     shutdown_grace = gw.number("shutdown_grace_seconds", 10.0)
     replay_max = gw.integer("replay_max_entries", 1_000_000, lo=1)
+    replay_store = gw.text("replay_store", "memory")
+    redis_url = gw.text("redis_url", "")
+    redis_prefix = gw.text("redis_key_prefix", "hmac-gateway:replay:")
+    if replay_store not in ("memory", "redis"):
+        problems.append(f"[gateway].replay_store: must be 'memory' or 'redis', got {replay_store!r}")
+    elif replay_store == "redis" and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        problems.append("[gateway].redis_url: required for replay_store = 'redis' (redis://host:6379/0)")
     gw.finish()
 
     listeners = _parse_listeners(raw.get("listeners", {}), problems, environ)
@@ -383,6 +405,9 @@ def parse(
         log_level=log_level,
         shutdown_grace=shutdown_grace,
         replay_max_entries=replay_max,
+        replay_store=replay_store,
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
         source=source,
         overrides=overrides,
     )

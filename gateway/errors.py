@@ -88,6 +88,7 @@ class Reason(enum.Enum):
     # our side
     KEYRING_UNAVAILABLE = "keyring_unavailable"
     REPLAY_STORE_FULL = "replay_store_full"
+    REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     INTERNAL_ERROR = "internal_error"
@@ -129,6 +130,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.BODY_TOO_LARGE: _ReasonInfo(413, "Request body exceeds the route's limit"),
     Reason.KEYRING_UNAVAILABLE: _ReasonInfo(503, "Keyring not loaded"),
     Reason.REPLAY_STORE_FULL: _ReasonInfo(503, "Replay store is full"),
+    Reason.REPLAY_STORE_UNAVAILABLE: _ReasonInfo(503, "Replay store unavailable"),
     Reason.UPSTREAM_UNAVAILABLE: _ReasonInfo(502, "Upstream unavailable"),
     Reason.UPSTREAM_TIMEOUT: _ReasonInfo(504, "Upstream timed out"),
     Reason.INTERNAL_ERROR: _ReasonInfo(500, "Internal error"),

@@ -27,9 +27,10 @@ from gateway import exitcodes
 from gateway.clock import Clock, system_clock
 from gateway.config import GatewayConfig
 from gateway.echo import build_echo_app
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, RequestRejected
 from gateway.observability import configure_logging
 from gateway.proxy.app import build_listener_app, open_runtime
+from gateway.replay_redis import RedisReplayStore
 
 log = logging.getLogger("gateway.server")
 
@@ -57,6 +58,11 @@ async def run(
 ) -> int:
     """Serve until ``stop`` is set. Raises StartupError if start-up fails."""
     async with open_runtime(config, clock=clock) as runtime:
+        if isinstance(runtime.replay, RedisReplayStore):
+            try:
+                await runtime.replay.ping()
+            except RequestRejected:
+                raise StartupError(exitcodes.REPLAY_STORE_ERROR, "the Redis replay store does not answer") from None
         failed = await runtime.load_keyrings()
         for name, error in failed.items():
             if not config.keyrings[name].start_degraded:
@@ -132,8 +138,11 @@ def serve_workers(config_path: str, workers: int) -> int:
     """Run ``workers`` processes on the same ports; forward SIGTERM/SIGINT; exit when all do."""
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(config_path,), name=f"hmac-gateway-{i}") for i in range(workers)]
+    stopping = False
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 proc.terminate()  # SIGTERM: each worker drains on its own
@@ -150,7 +159,10 @@ def serve_workers(config_path: str, workers: int) -> int:
             if proc.exitcode is None:
                 continue
             remaining.remove(proc)
-            if proc.exitcode != 0 and code == exitcodes.OK:
+            # A worker still starting up when we forwarded SIGTERM dies of the signal itself:
+            # that is the stop we asked for, not a failure.
+            stopped_by_us = stopping and proc.exitcode == -signal.SIGTERM
+            if proc.exitcode != 0 and not stopped_by_us and code == exitcodes.OK:
                 code = proc.exitcode if proc.exitcode > 0 else exitcodes.FAILURE
                 forward(signal.SIGTERM, None)  # one worker failed: stop the rest
     return code

@@ -38,6 +38,7 @@ from gateway.keys.sources import FileSource, KeySource
 from gateway.proxy.forward import Upstream, UpstreamAborted
 from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
 from gateway.replay import MemoryReplayStore, ReplayStore
+from gateway.replay_redis import RedisReplayStore
 
 log = logging.getLogger("gateway.access")
 errlog = logging.getLogger("gateway.proxy")
@@ -137,7 +138,11 @@ async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def replay_store(runtime: Runtime) -> AsyncIterator[None]:
-    runtime.replay = MemoryReplayStore(runtime.config.replay_max_entries, clock=runtime.clock)
+    config = runtime.config
+    if config.replay_store == "redis":
+        runtime.replay = RedisReplayStore(config.redis_url, prefix=config.redis_key_prefix)
+    else:
+        runtime.replay = MemoryReplayStore(config.replay_max_entries, clock=runtime.clock)
     try:
         yield
     finally:

@@ -1,0 +1,204 @@
+"""The shared replay store against a real redis-server (127.0.0.1:6379; .ci/run starts one when
+none answers). Two gateway runtimes sharing it stand in for two instances or two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from multidict import CIMultiDict
+
+from gateway.errors import Reason, RequestRejected
+from gateway.replay import replay_key
+from gateway.replay_redis import RedisReplayStore
+from tests.conftest import GatewayFactory, Recorder
+from tests.helpers import REQUIRED, lib_message, lib_signer
+from tests.test_proxy import lib_signed_headers, post
+from tests.test_server import Proc, free_port, loop_config, run_cli, wait_ready
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def redis_is_running() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError:
+        pytest.fail("no redis-server answers on 127.0.0.1:6379 (.ci/run starts one; see README Development)")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"hmac-gateway-test:{uuid.uuid4().hex[:8]}:"
+
+
+async def test_remember_then_replay_with_the_right_expiry(prefix: str) -> None:
+    store = RedisReplayStore(REDIS_URL, prefix=prefix)
+    key = replay_key("ring", "key-v1", "nonce-1")
+    try:
+        assert await store.remember(key, 301.0) is True
+        assert await store.remember(key, 301.0) is False
+        assert await store.remember(replay_key("ring", "key-v2", "nonce-1"), 301.0) is True
+        ttl_ms = redis.Redis.from_url(REDIS_URL).pttl(prefix.encode() + key.hex().encode())
+        assert 300_000 < ttl_ms <= 301_000  # expiry set by Redis; nothing sleeps here
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_fails_closed() -> None:
+    store = RedisReplayStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    try:
+        with pytest.raises(RequestRejected) as err:
+            await store.remember(replay_key("r", "k", "n"), 10)
+        assert err.value.reason is Reason.REPLAY_STORE_UNAVAILABLE
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server that refuses every write (maxmemory reached, noeviction)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "1",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()  # ours, by its pid
+        proc.wait(10)
+
+
+async def test_a_full_redis_rejects_rather_than_evicts(full_redis: str) -> None:
+    store = RedisReplayStore(full_redis)
+    try:
+        with pytest.raises(RequestRejected) as err:
+            await store.remember(replay_key("r", "k", "n"), 10)
+        assert err.value.reason is Reason.REPLAY_STORE_FULL
+    finally:
+        await store.close()
+
+
+def _redis(prefix: str, url: str = REDIS_URL) -> Any:
+    def tweak(raw: dict[str, Any]) -> None:
+        raw["gateway"] = {"replay_store": "redis", "redis_url": url, "redis_key_prefix": prefix}
+
+    return tweak
+
+
+async def test_two_gateways_sharing_redis_refuse_a_replay_across_them(
+    make_gateway: GatewayFactory, upstream: Recorder, prefix: str
+) -> None:
+    keys = {"key-v1": "a" * 64}
+    first = await make_gateway(keys=keys, tweak=_redis(prefix))
+    second = await make_gateway(keys=keys, tweak=_redis(prefix))
+    headers = lib_signed_headers(first, "key-v1", path="/cb", body=b"{}")
+    assert (await post(first.url("verify", "/cb"), data=b"{}", headers=headers))[0] == 200
+    # The same nonce, validly signed for the second instance's own address (its Host differs, so
+    # the captured bytes would fail there on @authority alone): the shared store refuses it.
+    headers2 = lib_signed_headers(second, "key-v1", path="/cb", body=b"{}", nonce=_nonce(headers))
+    status, doc, _ = await post(second.url("verify", "/cb"), data=b"{}", headers=headers2)
+    assert (status, doc["reason"]) == (401, "replayed")
+    assert len(upstream.received) == 1
+
+
+def _nonce(headers: Any) -> str:
+    return str(headers["Signature-Input"].split('nonce="')[1].split('"')[0])
+
+
+async def test_redis_down_answers_503_and_forwards_nothing(
+    make_gateway: GatewayFactory, upstream: Recorder, prefix: str
+) -> None:
+    gw = await make_gateway(tweak=_redis(prefix, f"redis://127.0.0.1:{free_port()}/0"))
+    headers = lib_signed_headers(gw, "key-v1", path="/cb", body=b"{}")
+    status, doc, _ = await post(gw.url("verify", "/cb"), data=b"{}", headers=headers)
+    assert (status, doc["reason"]) == (503, "replay_store_unavailable")
+    assert upstream.received == []
+
+
+def _workers_config(tmp_path: Path, prefix: str, redis_url: str = REDIS_URL, upstream: str = "") -> tuple[Path, int]:
+    sign, verify = free_port(), free_port()
+    cfg = loop_config(tmp_path, sign, verify, 0)
+    text = cfg.read_text().replace("[echo]\nport = 0\n", "")
+    text = text.replace('upstream = "http://127.0.0.1:0"', f'upstream = "{upstream or "http://127.0.0.1:9"}"')
+    text = text.replace(
+        "[gateway]\n", f'[gateway]\nreplay_store = "redis"\nredis_url = "{redis_url}"\nredis_key_prefix = "{prefix}"\n'
+    )
+    cfg.write_text(text)
+    return cfg, verify
+
+
+async def test_workers_share_one_replay_store(tmp_path: Path, prefix: str, upstream: Recorder) -> None:
+    cfg, verify = _workers_config(tmp_path, prefix, upstream=upstream.url)
+    proc = Proc("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
+    try:
+        await wait_ready(verify, proc)
+        key = json.loads((tmp_path / "keyrings" / "demo.json").read_text())["keys"][0]
+        url = f"http://127.0.0.1:{verify}/cb"
+        headers: CIMultiDict[str] = CIMultiDict({"Host": f"127.0.0.1:{verify}"})
+        lib_signer({key["id"]: key["secret"].encode()}).sign(
+            lib_message("POST", url, headers),
+            key_id=key["id"],
+            nonce="once",
+            covered_component_ids=REQUIRED,
+            body=b"{}",
+        )
+        del headers["Host"]
+        statuses = []
+        for _ in range(20):  # new connections each time: SO_REUSEPORT spreads them over both workers
+            statuses.append((await post(url, data=b"{}", headers=headers))[0])
+        assert statuses.count(200) == 1 and statuses.count(401) == 19, statuses
+        assert len(upstream.received) == 1
+    finally:
+        proc.popen.terminate()
+        assert await asyncio.to_thread(proc.wait) == 0
+
+
+def test_unreachable_redis_stops_the_start_with_exit_5(tmp_path: Path, prefix: str) -> None:
+    cfg, _ = _workers_config(tmp_path, prefix, f"redis://127.0.0.1:{free_port()}/0")
+    result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
+    assert result.returncode == 5 and "Redis replay store does not answer" in result.stderr
+
+
+def test_redis_password_never_shown(tmp_path: Path) -> None:
+    cfg, _ = _workers_config(tmp_path, "p:", "redis://:hunter2-secret@127.0.0.1:6379/0")
+    result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout + result.stderr and ":***@127.0.0.1:6379" in result.stdout
