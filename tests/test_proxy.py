@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import io
 import json
 import socket
 from typing import Any
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from gateway.observability import AccessLog
 from tests.conftest import Gateway, GatewayFactory, Recorder
 from tests.helpers import REQUIRED, FakeClock, lib_message, lib_signer, lib_verifier, random_secret
 
@@ -552,20 +554,23 @@ def URL_JOIN(gw: Gateway, target: str) -> Any:
     return URL(str(gw.url("sign", "/")).rstrip("/") + target, encoded=True)
 
 
-async def test_failures_log_the_claimed_key_id(
-    make_gateway: GatewayFactory, upstream: Recorder, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_failures_log_the_claimed_key_id(make_gateway: GatewayFactory, upstream: Recorder) -> None:
     gw = await make_gateway()
+    sink = io.StringIO()
+    gw.runtime.access_log = AccessLog(sink=sink, enabled=True)
     gw.keys["key-v9"] = random_secret()
-    with caplog.at_level("INFO", logger="gateway.access"):
-        await post(
-            gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v9")
-        )
-        headers = lib_signed_headers(gw, "key-v1")
-        await post(gw.url("verify", "/hooks/pay?id=7"), method="PUT", data=b'{"amount": 42}', headers=headers)
-    lines = [r for r in caplog.records if r.getMessage() == "request"]
-    assert [(r.reason, r.key_id) for r in lines] == [("unknown_key", "key-v9"), ("signature_mismatch", "key-v1")]  # type: ignore[attr-defined]
-    assert len(lines[1].base_sha256) == 64  # type: ignore[attr-defined]
+    await post(gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v9"))
+    headers = lib_signed_headers(gw, "key-v1")
+    await post(gw.url("verify", "/hooks/pay?id=7"), method="PUT", data=b'{"amount": 42}', headers=headers)
+    await post(gw.url("verify", "/readyz"), method="GET", headers={"X-Request-Id": "probe-1"})
+    gw.runtime.access_log.flush()
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    reasons = [(r["reason"], r["key_id"]) for r in lines[:2]]
+    assert reasons == [("unknown_key", "key-v9"), ("signature_mismatch", "key-v1")]
+    assert len(lines[1]["base_sha256"]) == 64
+    assert lines[2]["request_id"] == "probe-1" and lines[2]["outcome"] == "health"
+    assert {r["msg"] for r in lines} == {"request"} and all(r["ts"].endswith("Z") for r in lines)
+    assert lines[0]["request_id"] != lines[1]["request_id"]  # generated ids are distinct
 
 
 async def test_key_id_header_spoofed_with_underscores_is_dropped(
@@ -631,3 +636,36 @@ async def test_verify_route_can_pin_the_authorities_it_serves(make_gateway: Gate
     status, doc, _ = await post(gw.url("verify", "/hooks/pay?id=7"), data=b'{"amount": 42}', headers=headers)
     assert (status, doc["reason"]) == (421, "misdirected")
     assert upstream.received == []
+
+
+async def test_small_answers_are_relayed_byte_for_byte_with_their_headers(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    import gzip
+
+    from aiohttp import web
+
+    compressed = gzip.compress(b'{"hello": "world"}' * 50)
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": "999", "Content-Type": "text/plain"})
+        return web.Response(
+            status=201,
+            body=compressed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json", "ETag": '"v1"'},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    gw = await make_gateway(tweak=lambda raw: raw["routes"][0].update(upstream=str(server.make_url("")).rstrip("/")))
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.get(gw.url("sign", "/x")) as resp:
+            assert resp.status == 201
+            assert await resp.read() == compressed
+            assert resp.headers["Content-Encoding"] == "gzip" and resp.headers["ETag"] == '"v1"'
+            assert resp.headers.getall("Content-Length") == [str(len(compressed))]
+            assert resp.headers["Content-Type"] == "application/json"
+        async with session.head(gw.url("sign", "/x")) as resp:
+            assert resp.status == 200 and resp.headers["Content-Length"] == "999"  # HEAD keeps the upstream's

@@ -142,6 +142,8 @@ async def test_demo_loop_runs_on_a_fresh_install(tmp_path: Path, procs: list[Pro
     secret = json.loads(keyring.read_text())["keys"][0]["secret"]
     assert headers["X-Gateway-Key-Id"] == json.loads(keyring.read_text())["keys"][0]["id"]
     assert echoed["body"] == '{"hi": 1}'
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0  # an orderly stop flushes the last access-log lines
     assert secret not in proc.stderr  # logs never carry key material
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     requests = [line for line in lines if line["msg"] == "request"]
@@ -150,8 +152,6 @@ async def test_demo_loop_runs_on_a_fresh_install(tmp_path: Path, procs: list[Pro
     # the same request id crossed both hops
     ids = [r["request_id"] for r in requests if r["listener"] == "sign" and r["path"] == "/orders"]
     assert any(r["request_id"] == ids[0] for r in requests if r["listener"] == "verify")
-    proc.popen.send_signal(signal.SIGTERM)
-    assert proc.wait() == 0
 
 
 async def test_sigterm_drains_in_flight_requests_then_exits_0(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -35,12 +36,12 @@ from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, proble
 from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.cache import KeyringCache, RefreshPolicy
 from gateway.keys.sources import FileSource, KeySource
+from gateway.observability import AccessLog
 from gateway.proxy.forward import Upstream, UpstreamAborted
 from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
 from gateway.replay import MemoryReplayStore, ReplayStore
 from gateway.replay_redis import RedisReplayStore
 
-log = logging.getLogger("gateway.access")
 errlog = logging.getLogger("gateway.proxy")
 
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
@@ -50,6 +51,21 @@ _REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
+class RequestIds:
+    """Request ids: a client's well-formed X-Request-Id, else a per-process random prefix plus a
+    counter (unique across processes and restarts, and cheaper than a uuid4 per request)."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:12]
+        self.counter = itertools.count(1)
+
+    def for_request(self, request: web.Request) -> str:
+        incoming = request.headers.get("X-Request-Id", "")
+        if 0 < len(incoming) <= 128 and all(c in _REQUEST_ID_CHARS for c in incoming):
+            return incoming
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
 @dataclass
 class Runtime:
     config: GatewayConfig
@@ -57,6 +73,8 @@ class Runtime:
     caches: dict[str, KeyringCache] = field(default_factory=dict)
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     replay: ReplayStore = field(default_factory=MemoryReplayStore)
+    access_log: AccessLog = field(default_factory=AccessLog)
+    request_ids: RequestIds = field(default_factory=RequestIds)
     draining: bool = False
 
     async def load_keyrings(self) -> dict[str, str]:
@@ -159,6 +177,7 @@ async def open_runtime(
         await stack.enter_async_context(replay_store(runtime))
         await stack.enter_async_context(keyring_caches(runtime, refresh))
         await stack.enter_async_context(upstream_pools(runtime))
+        stack.callback(runtime.access_log.close)  # the last lines, before the process exits
         yield runtime
 
 
@@ -172,13 +191,6 @@ def _problem(reason: Reason, detail: str, request_id: str, **extra: object) -> w
     if reason is Reason.BODY_TOO_LARGE:
         response.force_close()  # do not read (or wait for) the rest of an oversized body
     return response
-
-
-def _request_id(request: web.Request) -> str:
-    incoming = request.headers.get("X-Request-Id", "")
-    if 0 < len(incoming) <= 128 and all(c in _REQUEST_ID_CHARS for c in incoming):
-        return incoming
-    return uuid.uuid4().hex
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -206,7 +218,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every request, routed or not: request id, refusals, problem mapping, one log line."""
         started = time.perf_counter()
-        request_id = _request_id(request)
+        request_id = runtime.request_ids.for_request(request)
         outcome = Outcome()
         request[_OUTCOME] = outcome
         request[_REQUEST_ID] = request_id
@@ -245,9 +257,8 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
             outcome.reason = Reason.INTERNAL_ERROR.value
             return _problem(Reason.INTERNAL_ERROR, "", request_id)
         finally:
-            log.info(
-                "request",
-                extra={
+            runtime.access_log.write(
+                {
                     "request_id": request_id,
                     "listener": listener.name,
                     "route": outcome.route,

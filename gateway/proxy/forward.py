@@ -23,6 +23,8 @@ from gateway.errors import Reason, RequestRejected
 from gateway.signing.rfc9421 import HOP_BY_HOP
 
 _CHUNK = 64 * 1024
+_BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are relayed in one piece
+_BODYLESS = frozenset({101, 204, 304})
 # aiohttp adds these unless told not to; a proxy forwards what the client sent.
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
@@ -113,12 +115,26 @@ class Upstream:
                 data=body if body else None,
                 allow_redirects=False,
             ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                drop = HOP_BY_HOP | connection_tokens(upstream)
+                drop = HOP_BY_HOP | connection_tokens(upstream) if "Connection" in upstream.headers else HOP_BY_HOP
+                out_headers: CIMultiDict[str] = CIMultiDict()
                 for name, value in upstream.headers.items():
                     if name.lower() not in drop:
-                        response.headers.add(name, value)
-                response.headers["X-Request-Id"] = request_id
+                        out_headers.add(name, value)
+                out_headers["X-Request-Id"] = request_id
+                length = upstream.content_length
+                if (
+                    length is not None
+                    and length <= _BUFFER_LIMIT
+                    and request.method != "HEAD"
+                    and upstream.status not in _BODYLESS
+                    and ("Content-Type" in out_headers or length == 0)
+                ):
+                    # Small answers of known length: one read, one write, no streaming loop.
+                    payload = await upstream.read()
+                    return web.Response(
+                        status=upstream.status, reason=upstream.reason, body=payload, headers=out_headers
+                    )
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(_CHUNK):
                     await response.write(chunk)

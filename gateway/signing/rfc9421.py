@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote_plus
 
 from multidict import MultiMapping
@@ -79,6 +81,18 @@ class Component:
     @classmethod
     def from_item(cls, item: sfv.Item) -> Component:
         value = item.value
+        if not item.params and type(value) is str:
+            cached = _PLAIN_COMPONENTS.get(value)
+            if cached is not None:
+                return cached
+        component = cls._from_item(item)
+        if not item.params and len(_PLAIN_COMPONENTS) < _PLAIN_COMPONENTS_MAX:
+            _PLAIN_COMPONENTS[component.name] = component
+        return component
+
+    @classmethod
+    def _from_item(cls, item: sfv.Item) -> Component:
+        value = item.value
         if type(value) is not str:
             raise ComponentError("component identifiers must be structured-field strings")
         if value != value.lower():
@@ -103,6 +117,12 @@ class Component:
         except sfv.SFVError as exc:
             raise ComponentError(f"{text!r} is not a component identifier: {exc}") from None
         return cls.from_item(item)
+
+
+# Plain components ("@method", "content-digest") recur on every request: build each once.
+# Bounded, so a sender cycling through made-up field names cannot grow it without limit.
+_PLAIN_COMPONENTS: dict[str, Component] = {}
+_PLAIN_COMPONENTS_MAX = 512
 
 
 def _check_field_params(name: str, params: sfv.Params) -> None:
@@ -288,8 +308,7 @@ class VerifyPolicy:
     max_signatures: int = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Verified:
+class Verified(NamedTuple):
     label: str
     key_id: str
     created: int
@@ -306,13 +325,13 @@ class SignatureFailure(VerificationError):
         self.base_sha256 = hashlib.sha256(base).hexdigest() if base is not None else ""
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A signature that passed every check that needs no body: what is left is digest and MAC."""
 
     label: str
     components: tuple[Component, ...]
-    member: sfv.InnerList
+    params: sfv.Params
+    params_text: str  # the serialised inner list: the "@signature-params" value
     provided: bytes
     keys: tuple[Key, ...]
     created: int
@@ -332,9 +351,12 @@ def check_headers(request: RequestView, keyring: Keyring, policy: VerifyPolicy, 
     if not inputs_lines or not signature_lines:
         missing = "Signature-Input" if not inputs_lines else "Signature"
         raise VerificationError(Reason.MISSING_SIGNATURE, f"{missing} header is missing")
+    inputs_text = ", ".join(inputs_lines)
     try:
-        inputs = sfv.parse_dictionary(", ".join(inputs_lines))
-        signatures = sfv.parse_dictionary(", ".join(signature_lines))
+        inputs: dict[str, sfv.Member | _FastInput] = _fast_signature_input(inputs_text) or dict(
+            sfv.parse_dictionary(inputs_text)
+        )
+        signatures = _fast_signature(", ".join(signature_lines))
     except sfv.SFVError as exc:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, f"signature headers: {exc}") from None
     if len(inputs) > policy.max_signatures:
@@ -352,7 +374,7 @@ def check_headers(request: RequestView, keyring: Keyring, policy: VerifyPolicy, 
         try:
             candidates.append(_check_one(keyring, policy, now, label, inputs[label], signatures[label]))
         except VerificationError as exc:
-            exc.key_id = exc.key_id or _claimed_key_id(inputs[label])
+            exc.key_id = exc.key_id or _claimed_key_id(inputs[label].params)
             first_error = first_error or exc
     if not candidates:
         assert first_error is not None
@@ -367,19 +389,73 @@ def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate
         try:
             return _check_digest_and_mac(request, body, candidate)
         except VerificationError as exc:
-            exc.key_id = exc.key_id or _claimed_key_id(candidate.member)
+            exc.key_id = exc.key_id or _claimed_key_id(candidate.params)
             first_error = first_error or exc
     assert first_error is not None
     raise first_error
 
 
-def _tag_of(member: sfv.Member) -> object:
+# Fast paths for the common case: one signature, in canonical form. The patterns accept only
+# canonical syntax (plain component names, strings without escapes, integers without leading
+# zeros, bare boolean keys), so the matched text *is* the serialisation RFC 9421 puts in the
+# signature base. Anything else falls through to the full RFC 8941 parser; tests check that both
+# paths agree.
+_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_STRING = r'"[ !#-\[\]-~]*"'
+_INTEGER = r"(?:0|-?[1-9][0-9]{0,14})"
+_FAST_INPUT = re.compile(rf"({_KEY})=(\(((?:{_STRING}(?: {_STRING})*)?)\)((?:;{_KEY}(?:=(?:{_INTEGER}|{_STRING}))?)*))")
+_FAST_PARAM = re.compile(rf";({_KEY})(?:=({_INTEGER})|=({_STRING}))?")
+_FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*=?=?):")
+
+
+class _FastInput(NamedTuple):
+    """A canonical Signature-Input member, parsed without building structured-field objects."""
+
+    components: tuple[Component, ...]
+    params: sfv.Params
+    serialized: str
+
+
+def _fast_signature_input(text: str) -> dict[str, sfv.Member | _FastInput] | None:
+    """{label: parsed} for a single canonical member, else None (use the full parser)."""
+    match = _FAST_INPUT.fullmatch(text)
+    if match is None:
+        return None
+    label, serialized, items_text, params_text = match.groups()
+    params: sfv.Params = {}
+    for key, integer, string in _FAST_PARAM.findall(params_text):
+        if key in params:
+            return None  # duplicate parameter: canonical form differs, let the full parser decide
+        params[key] = int(integer) if integer else string[1:-1] if string else True
+    try:
+        components = tuple(_plain_component(name[1:-1]) for name in items_text.split(" ")) if items_text else ()
+    except ComponentError:
+        return None  # the full path reports it with its own wording
+    return {label: _FastInput(components, params, serialized)}
+
+
+def _plain_component(name: str) -> Component:
+    cached = _PLAIN_COMPONENTS.get(name)
+    return cached if cached is not None else Component.from_item(sfv.Item(name, {}))
+
+
+def _fast_signature(text: str) -> dict[str, sfv.Member]:
+    match = _FAST_SIGNATURE.fullmatch(text)
+    if match is not None:
+        try:
+            return {match[1]: sfv.Item(base64.b64decode(match[2], validate=True), {})}
+        except ValueError:
+            pass  # e.g. bad padding: the full parser's rules decide
+    return sfv.parse_dictionary(text)
+
+
+def _tag_of(member: sfv.Member | _FastInput) -> object:
     return member.params.get("tag")
 
 
-def _claimed_key_id(member: sfv.Member) -> str:
+def _claimed_key_id(params: sfv.Params) -> str:
     """The sender's keyid parameter, for logs (sf-strings are printable ASCII already)."""
-    key_id = member.params.get("keyid")
+    key_id = params.get("keyid")
     return key_id[:128] if type(key_id) is str else ""
 
 
@@ -388,18 +464,22 @@ def _check_one(
     policy: VerifyPolicy,
     now: float,
     label: str,
-    member: sfv.Member,
+    member: sfv.Member | _FastInput,
     signature_member: sfv.Member,
 ) -> Candidate:
     malformed = Reason.MALFORMED_SIGNATURE
-    if not isinstance(member, sfv.InnerList):
-        raise VerificationError(malformed, f"Signature-Input {label!r} must be an inner list")
     if not isinstance(signature_member, sfv.Item) or not isinstance(signature_member.value, bytes):
         raise VerificationError(malformed, f"Signature {label!r} must be a byte sequence")
-    try:
-        components = tuple(Component.from_item(item) for item in member.items)
-    except ComponentError as exc:
-        raise VerificationError(malformed, str(exc)) from None
+    if isinstance(member, _FastInput):
+        components, params_text = member.components, member.serialized
+    elif isinstance(member, sfv.InnerList):
+        try:
+            components = tuple(Component.from_item(item) for item in member.items)
+            params_text = sfv.serialize_inner_list(member)
+        except (ComponentError, sfv.SFVError) as exc:
+            raise VerificationError(malformed, str(exc)) from None
+    else:
+        raise VerificationError(malformed, f"Signature-Input {label!r} must be an inner list")
     covered = {c.identifier for c in components}
     if len(covered) != len(components):
         raise VerificationError(malformed, "a component is covered twice")
@@ -440,7 +520,8 @@ def _check_one(
     return Candidate(
         label=label,
         components=components,
-        member=member,
+        params=params,
+        params_text=params_text,
         provided=signature_member.value,
         keys=keys,
         created=created,
@@ -455,8 +536,8 @@ def _check_digest_and_mac(request: RequestView, body: bytes, candidate: Candidat
             raise VerificationError(Reason.MISSING_DIGEST, "Content-Digest is covered but absent")
         verify_content_digest(", ".join(digest_lines), body)
     try:
-        base = signature_base(request, candidate.components, sfv.serialize_inner_list(candidate.member))
-    except (ComponentError, sfv.SFVError) as exc:
+        base = signature_base(request, candidate.components, candidate.params_text)
+    except ComponentError as exc:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, str(exc)) from None
     provided = candidate.provided
     for key in candidate.keys:
