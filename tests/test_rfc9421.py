@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from http_message_signatures import HTTPSignatureComponentResolver
 from http_sf.compat import Item as LibItem
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.errors import Reason, VerificationError
@@ -451,3 +453,72 @@ def test_every_supported_digest_entry_must_match() -> None:
         with pytest.raises(VerificationError) as err:
             verify_content_digest(value, body)
         assert err.value.reason is Reason.DIGEST_MISMATCH
+
+
+# -- the canonical fast path agrees with the full RFC 8941 parser -----------------------------
+
+
+_NAMES = st.sampled_from(["@method", "@authority", "@path", "@query", "content-digest", "content-type", "date", "x-a"])
+_PARAM_KEYS = st.sampled_from(["created", "expires", "keyid", "alg", "nonce", "tag", "x"])
+_VALUES = st.one_of(
+    st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20),
+    st.just(True),
+)
+
+
+def _typed(params: dict[str, object]) -> dict[str, tuple[type, object]]:
+    return {k: (type(v), v) for k, v in params.items()}
+
+
+def _assert_paths_agree(text: str) -> None:
+    fast = rfc9421._fast_signature_input(text)
+    if fast is None:
+        return
+    try:
+        full = sfv.parse_dictionary(text)
+    except sfv.SFVError:
+        raise AssertionError(f"fast path accepted what the full parser refuses: {text!r}") from None
+    assert list(fast) == list(full)
+    (label,) = fast
+    member = full[label]
+    assert isinstance(member, sfv.InnerList)
+    parsed = fast[label]
+    assert isinstance(parsed, rfc9421._FastInput)
+    assert [c.identifier for c in parsed.components] == [Component.from_item(i).identifier for i in member.items]
+    assert _typed(parsed.params) == _typed(member.params)
+    assert parsed.serialized == sfv.serialize_inner_list(member)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    label=st.from_regex(r"[a-z][a-z0-9_\-.*]{0,8}", fullmatch=True),
+    names=st.lists(_NAMES, max_size=6, unique=True),
+    params=st.dictionaries(_PARAM_KEYS, _VALUES, max_size=6),
+)
+def test_fast_path_agrees_with_the_full_parser_on_canonical_input(
+    label: str, names: list[str], params: dict[str, object]
+) -> None:
+    member = sfv.InnerList([sfv.Item(n, {}) for n in names], dict(params))  # type: ignore[arg-type]
+    text = sfv.serialize_dictionary({label: member})
+    _assert_paths_agree(text)
+    if all(not (isinstance(v, str) and ('"' in v or "\\" in v)) for v in params.values()):
+        assert rfc9421._fast_signature_input(text) is not None  # canonical and escape-free: the fast path takes it
+
+
+@settings(max_examples=1500, deadline=None)
+@given(text=st.text(st.sampled_from(list('sig1=()"@methodcrea;tkyi-0123456789 ,:\\?*')), max_size=80))
+def test_fast_path_never_accepts_what_it_would_read_differently(text: str) -> None:
+    _assert_paths_agree(text)
+
+
+def test_non_canonical_inputs_fall_back_to_the_full_parser() -> None:
+    for text in (
+        'sig1=("@method"  "@path");created=1',  # two spaces
+        'sig1=("@method");created=01',  # leading zero
+        'sig1=("@method");created=1;created=2',  # duplicate parameter
+        'sig1=("@method");alg=hmac-sha256',  # token value
+        'sig1=("@method";req);created=1',  # component parameter
+        'a=("@method"), b=("@path")',  # two signatures
+    ):
+        assert rfc9421._fast_signature_input(text) is None, text
