@@ -669,3 +669,15 @@ async def test_small_answers_are_relayed_byte_for_byte_with_their_headers(
             assert resp.headers["Content-Type"] == "application/json"
         async with session.head(gw.url("sign", "/x")) as resp:
             assert resp.status == 200 and resp.headers["Content-Length"] == "999"  # HEAD keeps the upstream's
+
+
+def test_nonces_are_unique_unpredictable_shaped_and_refilled() -> None:
+    from gateway.proxy.handlers import NoncePool
+
+    pool = NoncePool(batch=4)
+    nonces = [pool.next() for _ in range(1000)]  # crosses 250 refills
+    assert len(set(nonces)) == 1000
+    assert all(
+        len(n) == 22 and set(n) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        for n in nonces
+    )

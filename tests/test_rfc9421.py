@@ -522,3 +522,11 @@ def test_non_canonical_inputs_fall_back_to_the_full_parser() -> None:
         'a=("@method"), b=("@path")',  # two signatures
     ):
         assert rfc9421._fast_signature_input(text) is None, text
+
+
+def test_empty_body_digest_shortcut_is_the_real_digest() -> None:
+    import base64 as b64
+    import hashlib as hl
+
+    assert content_digest(b"") == f"sha-256=:{b64.b64encode(hl.sha256(b'').digest()).decode()}:"
+    verify_content_digest(content_digest(b""), b"")

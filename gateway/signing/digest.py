@@ -24,10 +24,13 @@ _ALGORITHMS: dict[str, Callable[[bytes], hashlib._Hash]] = {
 
 def content_digest(body: bytes, algorithm: str = "sha-256") -> str:
     """The Content-Digest field value for ``body``."""
+    if not body and algorithm == "sha-256":
+        return _EMPTY_SHA256  # most requests through a sign route are bodyless
     digest = _ALGORITHMS[algorithm](body).digest()
     return f"{algorithm}=:{base64.b64encode(digest).decode()}:"
 
 
+_EMPTY_SHA256 = f"sha-256=:{base64.b64encode(hashlib.sha256(b'').digest()).decode()}:"
 _FAST = re.compile(r"(sha-256|sha-512)=:([A-Za-z0-9+/]+=?=?):")
 
 
