@@ -177,12 +177,19 @@ def _public(obj: object) -> dict[str, Any]:
 
 
 def _redact_url(url: str) -> str:
+    """The URL with any password (in the userinfo or a query parameter) masked."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return parts._replace(netloc=f"{user}***@{netloc}").geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{netloc}")
+    if parts.query:
+        query = "&".join(
+            f"{name}=***" if name.lower() in ("password", "pass", "pwd") else f"{name}{sep}{value}"
+            for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+        )
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def is_loopback(host: str) -> bool:

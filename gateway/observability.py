@@ -66,6 +66,7 @@ class AccessLog:
             enabled = logging.getLogger("gateway.access").isEnabledFor(logging.INFO)
         self.enabled = enabled
         self._lines: list[str] = []
+        self.dropped = 0  # lines lost to a broken sink
         self._scheduled: Any = None
         self._second = -1
         self._stamp = ""
@@ -93,14 +94,20 @@ class AccessLog:
                 self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered. Never raises: a broken log sink must not fail requests (the
+        lines are dropped and counted instead, like ``logging`` handlers do)."""
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        if self._lines:
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        try:
             sink = self.sink or sys.stderr
-            sink.write("\n".join(self._lines) + "\n")
+            sink.write("\n".join(lines) + "\n")
             sink.flush()
-            self._lines.clear()
+        except (OSError, ValueError):
+            self.dropped += len(lines)
 
     def close(self) -> None:
         self.flush()

@@ -33,6 +33,14 @@ class RedisReplayStore:
         except (RedisError, OSError):
             raise RequestRejected(Reason.REPLAY_STORE_UNAVAILABLE, "replay store unreachable") from None
 
+    async def eviction_policy(self) -> str:
+        """Redis's maxmemory-policy, from INFO (CONFIG is often disabled on managed Redis)."""
+        try:
+            info = await self._client.info("memory")
+        except (RedisError, OSError):
+            raise RequestRejected(Reason.REPLAY_STORE_UNAVAILABLE, "replay store unreachable") from None
+        return str(info.get("maxmemory_policy", "unknown"))
+
     async def remember(self, key: bytes, ttl: float) -> bool:
         try:
             created = await self._client.set(

@@ -61,8 +61,17 @@ async def run(
         if isinstance(runtime.replay, RedisReplayStore):
             try:
                 await runtime.replay.ping()
+                policy = await runtime.replay.eviction_policy()
             except RequestRejected:
                 raise StartupError(exitcodes.REPLAY_STORE_ERROR, "the Redis replay store does not answer") from None
+            if policy != "noeviction":
+                # Any eviction policy may drop live replay keys under memory pressure, and a
+                # dropped key is a replay that passes.
+                raise StartupError(
+                    exitcodes.REPLAY_STORE_ERROR,
+                    f"the Redis replay store uses maxmemory-policy {policy}; it must be noeviction "
+                    "(an evicted key would let a replay through)",
+                )
         failed = await runtime.load_keyrings()
         for name, error in failed.items():
             if not config.keyrings[name].start_degraded:

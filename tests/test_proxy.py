@@ -681,3 +681,20 @@ def test_nonces_are_unique_unpredictable_shaped_and_refilled() -> None:
         len(n) == 22 and set(n) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
         for n in nonces
     )
+
+
+class _BrokenSink:
+    def write(self, text: str) -> int:
+        raise BrokenPipeError("log collector went away")
+
+    def flush(self) -> None:
+        raise BrokenPipeError("log collector went away")
+
+
+async def test_a_broken_log_sink_never_fails_requests(make_gateway: GatewayFactory, upstream: Recorder) -> None:
+    gw = await make_gateway()
+    gw.runtime.access_log = AccessLog(sink=_BrokenSink(), enabled=True)
+    statuses = [(await post(gw.url("verify", "/x")))[0] for _ in range(70)]  # past the 64-line batch
+    assert set(statuses) == {401}
+    gw.runtime.access_log.flush()
+    assert gw.runtime.access_log.dropped == 70  # counted, not kept: memory stays bounded

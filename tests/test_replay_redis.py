@@ -202,3 +202,59 @@ def test_redis_password_never_shown(tmp_path: Path) -> None:
     result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
     assert result.returncode == 0
     assert "hunter2" not in result.stdout + result.stderr and ":***@127.0.0.1:6379" in result.stdout
+
+
+@pytest.fixture
+def evicting_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server with an eviction policy: replay keys could vanish under pressure."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "64mb",
+            "--maxmemory-policy",
+            "volatile-lru",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()  # ours, by its pid
+        proc.wait(10)
+
+
+def test_a_redis_that_may_evict_replay_keys_is_refused_at_start(tmp_path: Path, evicting_redis: str) -> None:
+    cfg, _ = _workers_config(tmp_path, "p:", evicting_redis)
+    result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
+    assert result.returncode == 5
+    assert "maxmemory-policy volatile-lru; it must be noeviction" in result.stderr
+
+
+def test_redis_password_in_the_query_is_never_shown(tmp_path: Path) -> None:
+    cfg, _ = _workers_config(tmp_path, "p:", "redis://127.0.0.1:6379/0?password=s3cret-in-query&db=0")
+    result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "s3cret" not in result.stdout + result.stderr and "password=***&db=0" in result.stdout

@@ -530,3 +530,44 @@ def test_empty_body_digest_shortcut_is_the_real_digest() -> None:
 
     assert content_digest(b"") == f"sha-256=:{b64.b64encode(hl.sha256(b'').digest()).decode()}:"
     verify_content_digest(content_digest(b""), b"")
+
+
+_B64 = st.text(st.sampled_from(list("QUJDRE+/=ab01")), max_size=14)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(value=_B64, label=st.sampled_from(["sig1", "a", "Sig"]))
+def test_signature_fast_path_agrees_with_the_full_parser(value: str, label: str) -> None:
+    text = f"{label}=:{value}:"
+    try:
+        full: dict[str, sfv.Member] | None = sfv.parse_dictionary(text)
+    except sfv.SFVError:
+        full = None
+    try:
+        fast: dict[str, sfv.Member] | None = rfc9421._fast_signature(text)
+    except sfv.SFVError:
+        fast = None
+    assert fast == full
+
+
+@settings(max_examples=1500, deadline=None)
+@given(value=_B64, alg=st.sampled_from(["sha-256", "sha-512"]))
+def test_digest_fast_path_gives_the_full_parsers_verdict(value: str, alg: str) -> None:
+    def verdict(field: str) -> str:
+        try:
+            verify_content_digest(field, b"body")
+            return "ok"
+        except VerificationError as exc:
+            return exc.reason.value
+
+    # the same entry with an unknown one after it cannot take the fast path
+    assert verdict(f"{alg}=:{value}:") == verdict(f"{alg}=:{value}:, x-unknown=:AAAA:")
+
+
+def test_extra_base64_padding_takes_the_full_parser() -> None:
+    assert rfc9421.canonical_b64decode("QUJD=") is None and rfc9421.canonical_b64decode("QUJD") == b"ABC"
+    with pytest.raises(sfv.SFVError):
+        rfc9421._fast_signature("sig1=:QUJD=:")
+    with pytest.raises(VerificationError) as err:
+        verify_content_digest("sha-256=:QUJD=:", b"x")
+    assert err.value.reason is Reason.MALFORMED_DIGEST

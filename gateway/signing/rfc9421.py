@@ -442,11 +442,20 @@ def _plain_component(name: str) -> Component:
 def _fast_signature(text: str) -> dict[str, sfv.Member]:
     match = _FAST_SIGNATURE.fullmatch(text)
     if match is not None:
-        try:
-            return {match[1]: sfv.Item(base64.b64decode(match[2], validate=True), {})}
-        except ValueError:
-            pass  # e.g. bad padding: the full parser's rules decide
-    return sfv.parse_dictionary(text)
+        value = canonical_b64decode(match[2])
+        if value is not None:
+            return {match[1]: sfv.Item(value, {})}
+    return sfv.parse_dictionary(text)  # anything not canonical: the full parser's rules decide
+
+
+def canonical_b64decode(text: str) -> bytes | None:
+    """The bytes of ``text`` if it is base64 in canonical form (the exact padding, zero pad
+    bits), else None. ``b64decode`` alone also takes e.g. ``QUJD=``, which RFC 8941 refuses."""
+    try:
+        value = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return value if base64.b64encode(value).decode() == text else None
 
 
 def _tag_of(member: sfv.Member | _FastInput) -> object:
