@@ -4,6 +4,7 @@ none answers). Two gateway runtimes sharing it stand in for two instances or two
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -64,9 +65,9 @@ async def test_unreachable_redis_fails_closed() -> None:
         await store.close()
 
 
-@pytest.fixture
-def full_redis(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server that refuses every write (maxmemory reached, noeviction)."""
+@contextlib.contextmanager
+def private_redis(tmp_path: Path, *settings: str) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port with ``settings``; stopped by its pid."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (.ci/run installs it)")
@@ -82,12 +83,9 @@ def full_redis(tmp_path: Path) -> Iterator[str]:
             "",
             "--appendonly",
             "no",
-            "--maxmemory",
-            "1",
-            "--maxmemory-policy",
-            "noeviction",
             "--dir",
             str(tmp_path),
+            *settings,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -102,8 +100,15 @@ def full_redis(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()  # ours, by its pid
+        proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[str]:
+    """Refuses every write: maxmemory reached under noeviction."""
+    with private_redis(tmp_path, "--maxmemory", "1", "--maxmemory-policy", "noeviction") as url:
+        yield url
 
 
 async def test_a_full_redis_rejects_rather_than_evicts(full_redis: str) -> None:
@@ -206,44 +211,9 @@ def test_redis_password_never_shown(tmp_path: Path) -> None:
 
 @pytest.fixture
 def evicting_redis(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server with an eviction policy: replay keys could vanish under pressure."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory",
-            "64mb",
-            "--maxmemory-policy",
-            "volatile-lru",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping()
-                break
-            except redis.RedisError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()  # ours, by its pid
-        proc.wait(10)
+    """An eviction policy: replay keys could vanish under memory pressure."""
+    with private_redis(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as url:
+        yield url
 
 
 def test_a_redis_that_may_evict_replay_keys_is_refused_at_start(tmp_path: Path, evicting_redis: str) -> None:
