@@ -1,35 +1,33 @@
-"""The upstream client: one pooled ClientSession per upstream, responses streamed back.
+"""Forwarding to an upstream: one connection pool per upstream, answers relayed back.
 
 Invariants:
-- the upstream URL is built from config plus the request's *path and query only*;
-  nothing in the request (Host, absolute-form target) can choose where it goes;
-- the path and query are sent byte for byte as they were signed (``encoded=True``);
+- where a request goes is config (host, port, base path) plus the request's *path and query
+  only*; nothing in the request (Host, absolute-form target) can choose it;
+- the path and query are sent byte for byte as they were signed, and ``Host`` is the
+  upstream's authority, the value the signature covers;
 - upstream failures become ``upstream_unavailable`` (502) and timeouts ``upstream_timeout``
-  (504) with no internal detail; cookies are never stored across clients.
+  (504) with no internal detail; nothing is shared between clients (no cookie jar);
+- once an answer has started, a failure aborts the client connection (``UpstreamAborted``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.errors import Reason, RequestRejected
+from gateway.proxy.http1 import IDEMPOTENT, ConnectionPool, Http1Connection, ResponseHead, UpstreamError, request_head
 from gateway.signing.rfc9421 import HOP_BY_HOP
 
-_CHUNK = 64 * 1024
 _BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are relayed in one piece
 _BODYLESS = frozenset({101, 204, 304})
-# aiohttp adds these unless told not to; a proxy forwards what the client sent.
-_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
 
-def connection_tokens(headers: CIMultiDict[str] | web.BaseRequest | aiohttp.ClientResponse) -> set[str]:
+def connection_tokens(headers: CIMultiDict[str] | web.BaseRequest) -> set[str]:
     """Field names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1)."""
     source = headers.headers if not isinstance(headers, CIMultiDict) else headers
     tokens: set[str] = set()
@@ -69,30 +67,35 @@ class UpstreamTarget:
 
 
 class Upstream:
+    """One upstream: its pooled connections (``http1.ConnectionPool``) and how to relay an answer."""
+
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, limit: int = 256) -> None:
         self.target = UpstreamTarget.parse(url)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit = limit
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
+        t = self.target
+        self._pool = ConnectionPool(
+            t.host,
+            t.port,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            limit=self.limit,
+            ssl_context=ssl.create_default_context() if t.scheme == "https" else None,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
-    def url(self, path: str, query: str | None) -> URL:
-        t = self.target
-        return URL.build(scheme=t.scheme, host=t.host, port=t.port, path=path, query_string=query or "", encoded=True)
+    @property
+    def pool(self) -> ConnectionPool:
+        assert self._pool is not None, "Upstream.start() was not awaited"
+        return self._pool
 
     async def forward(
         self,
@@ -104,55 +107,74 @@ class Upstream:
         body: bytes,
         request_id: str,
     ) -> web.StreamResponse:
-        """Send upstream and stream the answer back to ``request``'s client."""
-        assert self._session is not None, "Upstream.start() was not awaited"
-        response: web.StreamResponse | None = None
+        """Send upstream and relay the answer to ``request``'s client."""
+        target = path if query is None else f"{path}?{query}"
+        method = request.method
         try:
-            async with self._session.request(
-                request.method,
-                self.url(path, query),
-                headers=headers,
-                data=body if body else None,
-                allow_redirects=False,
-            ) as upstream:
-                drop = HOP_BY_HOP | connection_tokens(upstream) if "Connection" in upstream.headers else HOP_BY_HOP
-                out_headers: CIMultiDict[str] = CIMultiDict()
-                for name, value in upstream.headers.items():
-                    if name.lower() not in drop:
-                        out_headers.add(name, value)
-                out_headers["X-Request-Id"] = request_id
-                length = upstream.content_length
-                if (
-                    length is not None
-                    and length <= _BUFFER_LIMIT
-                    and request.method != "HEAD"
-                    and upstream.status not in _BODYLESS
-                    and ("Content-Type" in out_headers or length == 0)
-                ):
-                    # Small answers of known length: one read, one write, no streaming loop.
-                    payload = await upstream.read()
-                    return web.Response(
-                        status=upstream.status, reason=upstream.reason, body=payload, headers=out_headers
-                    )
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(_CHUNK):
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except TimeoutError:
-            reason = Reason.UPSTREAM_TIMEOUT
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
-            reason = Reason.UPSTREAM_UNAVAILABLE
+            head = request_head(method, target, self.target.authority, list(headers.items()), len(body))
+        except ValueError:
+            raise RequestRejected(Reason.BAD_REQUEST, "a header value cannot be forwarded") from None
+        response: web.StreamResponse | None = None
+        conn: Http1Connection | None = None
+        try:
+            conn = await self.pool.acquire()
+            conn.send(method, head, body)
+            try:
+                answer = await conn.read_head()
+            except UpstreamError as exc:
+                # A kept-alive connection the upstream closed just as we used it: send again on a
+                # new one, if nothing came back and the method allows it (RFC 9110 §9.2.2).
+                if not (conn.reused and not conn.got_data and exc.reason is Reason.UPSTREAM_UNAVAILABLE):
+                    raise
+                if method not in IDEMPOTENT:
+                    raise
+                conn.close()
+                conn = await self.pool.acquire(fresh=True)
+                conn.send(method, head, body)
+                answer = await conn.read_head()
+            out_headers = self._response_headers(answer, request_id)
+            length = answer.content_length
+            if (
+                length is not None
+                and length <= _BUFFER_LIMIT
+                and method != "HEAD"
+                and answer.status not in _BODYLESS
+                and ("Content-Type" in out_headers or length == 0)
+            ):
+                # Small answers of known length: one read, one write, no streaming loop.
+                payload = await conn.read_all()
+                self.pool.release(conn)
+                conn = None
+                return web.Response(status=answer.status, reason=answer.reason, body=payload, headers=out_headers)
+            response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=out_headers)
+            await response.prepare(request)
+            while chunk := await conn.read_chunk():
+                await response.write(chunk)
+            await response.write_eof()
+            self.pool.release(conn)
+            conn = None
+            return response
+        except UpstreamError as exc:
+            reason, detail = exc.reason, exc.detail
+        finally:
+            if conn is not None:
+                conn.close()  # failed or cancelled half-way: never reused
         if response is not None and response.prepared:
             # Headers (and maybe part of the body) are out: the only honest signal left is to
             # drop the connection, so no client or pooling proxy mistakes it for a whole answer.
             if request.transport is not None:
                 request.transport.abort()
             raise UpstreamAborted(response, reason)
-        detail = (
-            "the upstream did not answer in time"
-            if reason is Reason.UPSTREAM_TIMEOUT
-            else "the upstream could not be reached"
-        )
         raise RequestRejected(reason, detail)
+
+    @staticmethod
+    def _response_headers(answer: ResponseHead, request_id: str) -> CIMultiDict[str]:
+        drop = HOP_BY_HOP
+        for name, value in answer.headers:
+            if name.lower() == "connection":
+                drop = drop | {t.strip().lower() for t in value.split(",") if t.strip()}
+        out: CIMultiDict[str] = CIMultiDict(
+            [(name, value) for name, value in answer.headers if name.lower() not in drop]
+        )
+        out["X-Request-Id"] = request_id
+        return out
