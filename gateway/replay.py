@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 from typing import Protocol
 
 from gateway.clock import Clock, system_clock
@@ -29,36 +30,49 @@ class ReplayStore(Protocol):
 
 
 class MemoryReplayStore:
-    """The single-instance default: a dict plus an expiry heap, bounded by ``max_entries``."""
+    """The single-instance default: a set of keys plus expiry buckets, bounded by ``max_entries``.
+
+    Keys are grouped by the whole second they expire in (rounded up, so an entry is never
+    forgotten early; the verify route's TTLs end on whole seconds anyway). No per-entry
+    timestamp or heap tuple is kept: about 107 bytes per entry including the 32-byte key
+    (a dict plus an expiry heap took about 210), and the only objects the garbage collector
+    tracks are one list per second.
+    """
 
     def __init__(self, max_entries: int = 1_000_000, clock: Clock = system_clock) -> None:
         self.max_entries = max_entries
         self.clock = clock
-        self._expiry: dict[bytes, float] = {}
-        self._heap: list[tuple[float, bytes]] = []
+        self._keys: set[bytes] = set()
+        self._buckets: dict[int, list[bytes]] = {}
+        self._seconds: list[int] = []  # a heap of the buckets' seconds
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._keys)
 
     def _purge(self, now: float) -> None:
-        heap, expiry = self._heap, self._expiry
-        while heap and heap[0][0] <= now:
-            when, key = heapq.heappop(heap)
-            if expiry.get(key) == when:
-                del expiry[key]
+        seconds, buckets, keys = self._seconds, self._buckets, self._keys
+        while seconds and seconds[0] <= now:
+            for expired in buckets.pop(heapq.heappop(seconds)):
+                keys.discard(expired)
 
     async def remember(self, key: bytes, ttl: float) -> bool:
         now = self.clock()
-        self._purge(now)
-        if key in self._expiry:
+        if self._seconds and self._seconds[0] <= now:
+            self._purge(now)
+        if key in self._keys:
             return False
-        if len(self._expiry) >= self.max_entries:
+        if len(self._keys) >= self.max_entries:
             raise RequestRejected(Reason.REPLAY_STORE_FULL, "try again shortly")
-        when = now + ttl
-        self._expiry[key] = when
-        heapq.heappush(self._heap, (when, key))
+        self._keys.add(key)
+        second = math.ceil(now + ttl)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            self._buckets[second] = bucket = []
+            heapq.heappush(self._seconds, second)
+        bucket.append(key)
         return True
 
     async def close(self) -> None:
-        self._expiry.clear()
-        self._heap.clear()
+        self._keys.clear()
+        self._buckets.clear()
+        self._seconds.clear()

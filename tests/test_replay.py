@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from gateway.errors import Reason, RequestRejected
@@ -67,6 +69,27 @@ async def test_each_entry_keeps_its_own_ttl(clock: FakeClock) -> None:
     clock.now = T0 + 10
     assert await store.remember(key("short"), ttl=10) is True
     assert await store.remember(key("long"), ttl=1000) is False
+
+
+async def test_fractional_expiry_is_rounded_up_never_down(clock: FakeClock) -> None:
+    store = MemoryReplayStore(clock=clock)
+    clock.now = T0 + 0.5
+    assert await store.remember(key("n"), ttl=10)  # expires in the bucket of second T0 + 11
+    clock.now = T0 + 10.9
+    assert await store.remember(key("n"), ttl=10) is False  # past its exact ttl, still remembered
+    clock.now = T0 + 11
+    assert await store.remember(key("n"), ttl=10) is True
+
+
+async def test_entries_are_not_tracked_by_the_garbage_collector(clock: FakeClock) -> None:
+    """A guard: a million remembered nonces must not become a million objects every full GC walks."""
+    store = MemoryReplayStore(clock=clock)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(20_000):
+        assert await store.remember(key(f"n{i}"), ttl=300)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
 
 
 async def test_full_store_rejects_instead_of_evicting(clock: FakeClock) -> None:

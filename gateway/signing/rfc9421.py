@@ -403,9 +403,14 @@ def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate
 _KEY = r"[a-z*][a-z0-9_\-.*]*"
 _STRING = r'"[ !#-\[\]-~]*"'
 _INTEGER = r"(?:0|-?[1-9][0-9]{0,14})"
-_FAST_INPUT = re.compile(rf"({_KEY})=(\(((?:{_STRING}(?: {_STRING})*)?)\)((?:;{_KEY}(?:=(?:{_INTEGER}|{_STRING}))?)*))")
+_FAST_HEAD = re.compile(rf"({_KEY})=\(((?:{_STRING}(?: {_STRING})*)?)\)")
+_FAST_PARAMS = re.compile(rf"(?:;{_KEY}(?:=(?:{_INTEGER}|{_STRING}))?)*")
 _FAST_PARAM = re.compile(rf";({_KEY})(?:=({_INTEGER})|=({_STRING}))?")
 _FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*=?=?):")
+# Senders repeat the same label and component list on every request; only the parameters
+# (created, nonce) change. Parsed heads are kept, up to a bound an attacker cannot grow.
+_HEAD_CACHE: dict[str, tuple[str, str, tuple[Component, ...]]] = {}
+_HEAD_CACHE_MAX = 256
 
 
 class _FastInput(NamedTuple):
@@ -416,22 +421,41 @@ class _FastInput(NamedTuple):
     serialized: str
 
 
-def _fast_signature_input(text: str) -> dict[str, sfv.Member | _FastInput] | None:
-    """{label: parsed} for a single canonical member, else None (use the full parser)."""
-    match = _FAST_INPUT.fullmatch(text)
+def _fast_head(head: str) -> tuple[str, str, tuple[Component, ...]] | None:
+    """(label, "(...)" as sent, components) for a canonical ``label=("a" "b")``, else None."""
+    cached = _HEAD_CACHE.get(head)
+    if cached is not None:
+        return cached
+    match = _FAST_HEAD.fullmatch(head)
     if match is None:
         return None
-    label, serialized, items_text, params_text = match.groups()
+    label, items_text = match.groups()
+    try:
+        components = tuple(_plain_component(name[1:-1]) for name in items_text.split(" ")) if items_text else ()
+    except ComponentError:
+        return None  # the full path reports it with its own wording
+    parsed = (label, head[len(label) + 1 :], components)
+    if len(_HEAD_CACHE) < _HEAD_CACHE_MAX:
+        _HEAD_CACHE[head] = parsed
+    return parsed
+
+
+def _fast_signature_input(text: str) -> dict[str, sfv.Member | _FastInput] | None:
+    """{label: parsed} for a single canonical member, else None (use the full parser)."""
+    close = text.find(")")
+    head = _fast_head(text[: close + 1]) if close > 0 else None
+    if head is None:
+        return None
+    params_text = text[close + 1 :]
+    if _FAST_PARAMS.fullmatch(params_text) is None:
+        return None
+    label, inner, components = head
     params: sfv.Params = {}
     for key, integer, string in _FAST_PARAM.findall(params_text):
         if key in params:
             return None  # duplicate parameter: canonical form differs, let the full parser decide
         params[key] = int(integer) if integer else string[1:-1] if string else True
-    try:
-        components = tuple(_plain_component(name[1:-1]) for name in items_text.split(" ")) if items_text else ()
-    except ComponentError:
-        return None  # the full path reports it with its own wording
-    return {label: _FastInput(components, params, serialized)}
+    return {label: _FastInput(components, params, inner + params_text)}
 
 
 def _plain_component(name: str) -> Component:
