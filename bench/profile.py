@@ -26,7 +26,7 @@ from bench.common import PAYLOADS, Signer, Stack, WrkRun
 
 # (group, regular expression on one frame "function (file:line)"). Each sample goes to the
 # first group, in this order, that any frame of its stack matches (so the shares add up to
-# 100 %): our own steps first, then aiohttp's client, response and server machinery.
+# 100 %): our own steps first, then the upstream client, aiohttp's response and server machinery.
 GROUPS: Sequence[tuple[str, str]] = (
     ("access log line (logging + JSON)", r"\((logging/__init__\.py|gateway/observability\.py|json/)"),
     ("request id (uuid4)", r"^(uuid4|_request_id) "),
@@ -36,7 +36,10 @@ GROUPS: Sequence[tuple[str, str]] = (
     ("replay store (memory or Redis client)", r"\((gateway/replay(_redis)?\.py|redis/)"),
     ("header copy (_forward_headers)", r"^_forward_headers "),
     ("read_body (gateway)", r"^read_body \(gateway"),
-    ("upstream client request (aiohttp client)", r"\(aiohttp/(client|client_reqrep|connector|client_proto)\.py"),
+    (
+        "upstream client (gateway/proxy/http1.py; aiohttp's client for the baseline)",
+        r"\((gateway/proxy/http1\.py|aiohttp/(client|client_reqrep|connector|client_proto)\.py)",
+    ),
     ("response streaming back (StreamResponse)", r"\(aiohttp/(web_response|http_writer)\.py"),
     ("aiohttp server: parse + dispatch", r"\(aiohttp/(web_protocol|web_app|web_urldispatcher|http_parser)\.py"),
 )

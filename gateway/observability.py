@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+# One encoder for every access line: json.dumps with options builds a new one per call.
+_ACCESS_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -84,7 +86,7 @@ class AccessLog:
             return
         doc = {"ts": self._timestamp(), "level": "info", "logger": "gateway.access", "msg": "request"}
         doc.update(fields)
-        self._lines.append(json.dumps(doc, separators=(",", ":"), default=str))
+        self._lines.append(_ACCESS_ENCODER.encode(doc))
         if len(self._lines) >= 64:
             self.flush()
         elif self._scheduled is None:

@@ -404,8 +404,6 @@ _KEY = r"[a-z*][a-z0-9_\-.*]*"
 _STRING = r'"[ !#-\[\]-~]*"'
 _INTEGER = r"(?:0|-?[1-9][0-9]{0,14})"
 _FAST_HEAD = re.compile(rf"({_KEY})=\(((?:{_STRING}(?: {_STRING})*)?)\)")
-_FAST_PARAMS = re.compile(rf"(?:;{_KEY}(?:=(?:{_INTEGER}|{_STRING}))?)*")
-_FAST_PARAM = re.compile(rf";({_KEY})(?:=({_INTEGER})|=({_STRING}))?")
 _FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*=?=?):")
 # Senders repeat the same label and component list on every request; only the parameters
 # (created, nonce) change. Parsed heads are kept, up to a bound an attacker cannot grow.
@@ -447,15 +445,43 @@ def _fast_signature_input(text: str) -> dict[str, sfv.Member | _FastInput] | Non
     if head is None:
         return None
     params_text = text[close + 1 :]
-    if _FAST_PARAMS.fullmatch(params_text) is None:
+    params = _fast_params(params_text)
+    if params is None:
         return None
     label, inner, components = head
-    params: sfv.Params = {}
-    for key, integer, string in _FAST_PARAM.findall(params_text):
-        if key in params:
-            return None  # duplicate parameter: canonical form differs, let the full parser decide
-        params[key] = int(integer) if integer else string[1:-1] if string else True
     return {label: _FastInput(components, params, inner + params_text)}
+
+
+def _fast_params(text: str) -> sfv.Params | None:
+    """``;created=1;keyid="k"...`` when every parameter is a known one, given once, with a
+    non-negative integer (no leading zero) or a string with no quote, backslash or non-printable
+    character; else None. Such text is its own canonical serialisation."""
+    params: sfv.Params = {}
+    if not text:
+        return params
+    if text[0] != ";":
+        return None
+    for part in text[1:].split(";"):
+        key, eq, value = part.partition("=")
+        if not eq or key not in SIGNATURE_PARAMETERS or key in params:
+            return None  # bare keys, unknown or repeated parameters: the full parser decides
+        if value[:1] == '"':
+            inner = value[1:-1]
+            if (
+                len(value) < 2
+                or value[-1] != '"'
+                or '"' in inner
+                or "\\" in inner
+                or not inner.isascii()
+                or not inner.isprintable()
+            ):
+                return None  # also a ';' inside a string: split apart, it fails these checks
+            params[key] = inner
+        elif value.isascii() and value.isdigit() and len(value) <= 15 and (value[0] != "0" or value == "0"):
+            params[key] = int(value)
+        else:
+            return None
+    return params
 
 
 def _plain_component(name: str) -> Component:
