@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 from gateway.keys.formats import ENCODINGS
+from gateway.redis_client import RedisAddress
 from gateway.signing.rfc9421 import DEFAULT_COMPONENTS, ComponentError, parse_components
 
 ENV_PREFIX = "HMAC_GATEWAY__"
@@ -379,6 +380,11 @@ def parse(
         problems.append(f"[gateway].replay_store: must be 'memory' or 'redis', got {replay_store!r}")
     elif replay_store == "redis" and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         problems.append("[gateway].redis_url: required for replay_store = 'redis' (redis://host:6379/0)")
+    elif replay_store == "redis":
+        try:
+            RedisAddress.parse(redis_url)
+        except ValueError as exc:  # its message never repeats the URL, which may hold a password
+            problems.append(f"[gateway].{exc}")
     gw.finish()
 
     listeners = _parse_listeners(raw.get("listeners", {}), problems, environ)

@@ -63,8 +63,9 @@ async def run(
             try:
                 await runtime.replay.ping()
                 policy = await runtime.replay.eviction_policy()
-            except RequestRejected:
-                raise StartupError(exitcodes.REPLAY_STORE_ERROR, "the Redis replay store does not answer") from None
+            except RequestRejected as exc:
+                said = "does not answer" if exc.detail == "replay store unreachable" else exc.detail
+                raise StartupError(exitcodes.REPLAY_STORE_ERROR, f"the Redis replay store {said}") from None
             if policy != "noeviction":
                 # Any eviction policy may drop live replay keys under memory pressure, and a
                 # dropped key is a replay that passes.

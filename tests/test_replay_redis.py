@@ -96,6 +96,8 @@ def private_redis(tmp_path: Path, *settings: str) -> Iterator[str]:
             try:
                 redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping()
                 break
+            except (redis.AuthenticationError, redis.ResponseError):  # it answers, if only to ask for a password
+                break
             except redis.RedisError:
                 time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
