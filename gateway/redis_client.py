@@ -97,6 +97,7 @@ class _RespProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiters: deque[asyncio.Future[Reply | RedisReplyError]] = deque()
         self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,11 +105,20 @@ class _RespProtocol(asyncio.Protocol):
         self.transport = transport
 
     def send(self, command: bytes) -> asyncio.Future[Reply | RedisReplyError]:
-        assert self.transport is not None
-        waiter: asyncio.Future[Reply | RedisReplyError] = asyncio.get_running_loop().create_future()
+        """Queue ``command``; every command queued in one turn of the event loop goes out in one
+        write (and their replies mostly come back in one read)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply | RedisReplyError] = loop.create_future()
         self.waiters.append(waiter)
-        self.transport.write(command)
+        self.outgoing.append(command)
+        if len(self.outgoing) == 1:
+            loop.call_soon(self._flush)
         return waiter
+
+    def _flush(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
