@@ -72,13 +72,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise RequestRejected(Reason.BODY_TOO_LARGE, f"limit is {limit} bytes")
     if declared == 0 or (declared is None and not request.body_exists):
         return b""
-    chunks = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = await request.content.readany()
         if not chunk:
-            return bytes(chunks)
-        chunks += chunk
-        if len(chunks) > limit:
+            # One copy at the end (none for a body that came in one piece), instead of a
+            # bytearray regrown as it fills and copied again into bytes.
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise RequestRejected(Reason.BODY_TOO_LARGE, f"limit is {limit} bytes")
 
 
