@@ -140,6 +140,34 @@ async def test_large_request_body_is_sent_whole(echo_server: TestServer) -> None
     await pool.close()
 
 
+@pytest.mark.parametrize("size", [0, 1, 255 * 1024, 257 * 1024, 1024 * 1024, 1024 * 1024 + 1, 3 * 1024 * 1024])
+async def test_known_length_answers_of_every_size_arrive_whole(
+    make_gateway: GatewayFactory, raw_server: Any, size: int
+) -> None:
+    """Up to 1 MiB the answer is read whole and relayed in one piece, above it streamed; around the
+    256 KiB read-ahead mark neither may stall."""
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: %d\r\n\r\n" % size + body)
+            await writer.drain()
+        writer.close()
+
+    def tweak(raw: dict[str, Any]) -> None:
+        _point_at(port)(raw)
+        raw["routes"][0]["upstream_timeout_seconds"] = 2
+
+    port = await raw_server(handler)
+    gw = await make_gateway(tweak=tweak)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # and the connection is reused afterwards
+            async with session.get(gw.url("sign", "/x")) as resp:
+                assert resp.status == 200
+                assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(body).digest()
+    assert next(iter(gw.runtime.upstreams.values())).pool.connections_made == 1
+
+
 async def test_refused_connection_is_unavailable() -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -90,6 +90,7 @@ class Http1Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
+        self._unbounded = False
         self._complete = False
         self._close_delimited = False
         self._keep_alive = False
@@ -146,6 +147,11 @@ class Http1Connection(asyncio.Protocol):
         return data
 
     async def read_all(self) -> bytes:
+        """The whole body; for answers whose declared length the caller has bounded."""
+        self._unbounded = True  # nobody drains chunks meanwhile: pausing would stall until timeout
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
         while not self._complete:
             await self._wait()
         data = b"".join(self._chunks)
@@ -266,7 +272,7 @@ class Http1Connection(asyncio.Protocol):
             return
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered >= _HIGH_WATER and not self._paused and self._transport is not None:
+        if self._buffered >= _HIGH_WATER and not self._paused and not self._unbounded and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
         self._wake()
