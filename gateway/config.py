@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from gateway.errors import ConfigError
 from gateway.keys.formats import ENCODINGS
@@ -186,7 +186,7 @@ def _redact_url(url: str) -> str:
         parts = parts._replace(netloc=f"{user}***@{netloc}")
     if parts.query:
         query = "&".join(
-            f"{name}=***" if name.lower() in ("password", "pass", "pwd") else f"{name}{sep}{value}"
+            f"{name}=***" if unquote_plus(name).lower() in ("password", "pass", "pwd") else f"{name}{sep}{value}"
             for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
         )
         parts = parts._replace(query=query)

@@ -214,16 +214,11 @@ class RedisClient:
                         _, protocol = await loop.create_connection(
                             _RespProtocol, a.host, a.port, ssl=context, server_hostname=a.host if a.tls else None
                         )
-                    handshake = []
-                    if a.password is not None:
-                        auth = (a.username.encode(), a.password.encode()) if a.username else (a.password.encode(),)
-                        handshake.append(protocol.send(encode_command(b"AUTH", *auth)))
-                    if a.db:
-                        handshake.append(protocol.send(encode_command(b"SELECT", str(a.db).encode())))
-                    for reply in await asyncio.gather(*handshake):
-                        if isinstance(reply, RedisReplyError):
-                            protocol.abort()
-                            raise reply
+                    try:
+                        await self._handshake(protocol)
+                    except BaseException:
+                        protocol.abort()  # refused, timed out or cancelled: never leave the socket behind
+                        raise
             except TimeoutError:
                 raise RedisUnavailable("Redis did not answer in time") from None
             except (OSError, ssl.SSLError):
@@ -231,6 +226,18 @@ class RedisClient:
             self._protocol = protocol
             self.connections_made += 1
             return protocol
+
+    async def _handshake(self, protocol: _RespProtocol) -> None:
+        a = self.address
+        handshake = []
+        if a.password is not None:
+            auth = (a.username.encode(), a.password.encode()) if a.username else (a.password.encode(),)
+            handshake.append(protocol.send(encode_command(b"AUTH", *auth)))
+        if a.db:
+            handshake.append(protocol.send(encode_command(b"SELECT", str(a.db).encode())))
+        for reply in await asyncio.gather(*handshake):
+            if isinstance(reply, RedisReplyError):
+                raise reply
 
     async def close(self) -> None:
         if self._protocol is not None:

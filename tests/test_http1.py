@@ -313,6 +313,56 @@ async def test_waiting_for_a_free_connection_is_bounded(raw_server: Any) -> None
     await pool.close()
 
 
+async def test_a_cancelled_waiter_passes_its_wake_up_on(echo_server: TestServer) -> None:
+    assert echo_server.port is not None
+    pool = await make_pool(echo_server.port, limit=1)
+    assert (await exchange(pool))[0] == 200
+    held = await pool.acquire()
+    b = asyncio.ensure_future(pool.acquire())
+    c = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.02)  # both wait for room
+    pool.release(held)  # wakes b ...
+    b.cancel()  # ... whose client went away before it ran
+    conn = await asyncio.wait_for(c, 0.5)  # c must not sleep until connect_timeout
+    assert conn is held
+    conn.close()
+    await pool.close()
+
+
+async def test_waiting_at_the_limit_is_bounded_in_all_even_under_contention(echo_server: TestServer) -> None:
+    """Newcomers keep taking the connection a waiter was woken for: the waiter still gets an
+    answer (here 504) within connect_timeout, not a fresh timeout after every wake-up."""
+    assert echo_server.port is not None
+    pool = await make_pool(echo_server.port, limit=1, connect_timeout=0.3)
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiter = asyncio.ensure_future(pool.acquire())
+    deadline = started + 2
+    while not waiter.done() and loop.time() < deadline:
+        held.send("GET", request_head("GET", "/", "u", [], 0), b"")
+        await held.read_head()
+        await held.read_all()
+        pool.release(held)  # wakes the waiter, but a newcomer grabs the connection first
+        held = await pool.acquire()
+    assert waiter.done(), "the waiter waited past connect_timeout"
+    assert loop.time() - started < 0.6
+    with pytest.raises(UpstreamError) as info:
+        waiter.result()
+    assert info.value.reason is Reason.UPSTREAM_TIMEOUT
+    held.close()
+    await pool.close()
+
+
+async def test_chunked_only_when_it_is_the_last_coding(raw_server: Any) -> None:
+    """RFC 9112 §6.3: "chunked, identity" is not chunked framing; the body runs to the close."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\nhello world"
+    port = await raw_server(answering(answer, close_after=True))
+    pool = await make_pool(port)
+    assert (await exchange(pool))[2] == b"hello world"
+    await pool.close()
+
+
 def test_request_head_is_byte_exact_and_refuses_line_breaks() -> None:
     weird = b"caf\xc3\xa9 \xff".decode("utf-8", "surrogateescape")  # as aiohttp's parser hands it over
     head = request_head("POST", "/a%20b?q=1", "up:8080", [("X-Weird", weird)], 3)

@@ -224,3 +224,31 @@ async def test_a_reply_nobody_asked_for_drops_the_connection() -> None:
         await client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_failed_handshake_leaves_no_socket_behind() -> None:
+    """AUTH that never gets an answer times out; each attempt's socket is closed, not leaked."""
+    closed = 0
+    accepted = 0
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted, closed
+        accepted += 1
+        while await reader.read(65536):
+            pass
+        closed += 1
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RedisClient(f"redis://:s3cret@127.0.0.1:{port}/2", timeout=0.1)
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisUnavailable):
+                await client.execute(b"PING")
+        await asyncio.sleep(0.05)
+        assert (accepted, closed) == (3, 3)
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()

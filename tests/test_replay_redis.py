@@ -230,3 +230,11 @@ def test_redis_password_in_the_query_is_never_shown(tmp_path: Path) -> None:
     result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
     assert result.returncode == 0
     assert "s3cret" not in result.stdout + result.stderr and "password=***&db=0" in result.stdout
+
+
+def test_a_percent_encoded_password_parameter_is_masked_too(tmp_path: Path) -> None:
+    """The client decodes ?passw%6Frd= as password; the printed config must mask it as well."""
+    cfg, _ = _workers_config(tmp_path, "p:", "redis://127.0.0.1:6379/0?passw%6Frd=s3cret-encoded&db=0")
+    result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "s3cret" not in result.stdout + result.stderr

@@ -524,6 +524,7 @@ def test_non_canonical_inputs_fall_back_to_the_full_parser() -> None:
         'sig1=("@method");alg=hmac-sha256',  # token value
         'sig1=("@method";req);created=1',  # component parameter
         'a=("@method"), b=("@path")',  # two signatures
+        'sig1=("@methodZ Z@path");created=1',  # a space inside one name is not two names
     ):
         assert rfc9421._fast_signature_input(text) is None, text
 

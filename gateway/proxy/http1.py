@@ -65,6 +65,12 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(UpstreamError(Reason.UPSTREAM_TIMEOUT, "the upstream did not answer in time"))
 
 
+def _expire_wait(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        detail = "no connection to the upstream became free in time"
+        waiter.set_exception(UpstreamError(Reason.UPSTREAM_TIMEOUT, detail))
+
+
 class Http1Connection(asyncio.Protocol):
     """One keep-alive connection; ``exchange`` state is reset for every request."""
 
@@ -252,7 +258,9 @@ class Http1Connection(asyncio.Protocol):
                 if lower == "content-length":
                     length = int(value)
                 elif lower == "transfer-encoding":
-                    chunked = chunked or "chunked" in value.lower()
+                    # RFC 9112 §6.3: chunked framing only when chunked is the *last* coding (llhttp
+                    # agrees); otherwise the body runs to the end of the connection.
+                    chunked = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
                 elif lower == "connection":
                     connection_close = connection_close or "close" in value.lower()
                 headers.append((name, value))
@@ -320,7 +328,9 @@ class ConnectionPool:
         return len(self._open)
 
     async def acquire(self, *, fresh: bool = False) -> Http1Connection:
-        """An idle connection (the most recently used), else a new one once there is room."""
+        """An idle connection (the most recently used), else a new one once there is room; at
+        the limit, waits at most ``connect_timeout`` in all (504 after that)."""
+        deadline = self.loop.time() + self.connect_timeout
         while True:
             now = self.loop.time()
             while self._idle and not fresh:
@@ -333,14 +343,18 @@ class ConnectionPool:
                 return await self._connect()
             if self._idle:
                 self._idle.popleft().close()  # fresh=True at the limit: make room (freed once it is lost)
-            await self._wait_for_room()
+            await self._wait_for_room(deadline)
 
-    async def _wait_for_room(self) -> None:
+    async def _wait_for_room(self, deadline: float) -> None:
         waiter = self.loop.create_future()
         self._waiters.append(waiter)
-        timer = self.loop.call_later(self.connect_timeout, _expire, waiter)
+        timer = self.loop.call_at(deadline, _expire_wait, waiter)
         try:
             await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._room()  # we were woken but will not use it: pass the wake-up on
+            raise
         finally:
             timer.cancel()
             if waiter in self._waiters:
@@ -357,16 +371,21 @@ class ConnectionPool:
                     ssl=self.ssl_context,
                     server_hostname=self.host if self.ssl_context is not None else None,
                 )
-        except TimeoutError:
-            raise UpstreamError(Reason.UPSTREAM_TIMEOUT, "the upstream did not accept a connection in time") from None
-        except (OSError, ssl.SSLError):
-            raise _unavailable("the upstream could not be reached") from None
-        finally:
+        except BaseException as exc:
             self._connecting -= 1
-            self._room()
+            self._room()  # the slot this attempt held is free again
+            if isinstance(exc, TimeoutError):
+                detail = "the upstream did not accept a connection in time"
+                raise UpstreamError(Reason.UPSTREAM_TIMEOUT, detail) from None
+            if isinstance(exc, (OSError, ssl.SSLError)):
+                raise _unavailable("the upstream could not be reached") from None
+            raise
+        self._connecting -= 1
         self.connections_made += 1
-        if not conn.closed:  # it may already be gone (connection_lost ran first)
+        if not conn.closed:
             self._open.add(conn)
+        else:  # already gone (connection_lost ran first): its slot is free
+            self._room()
         return conn
 
     def release(self, conn: Http1Connection) -> None:

@@ -403,7 +403,8 @@ def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate
 _KEY = r"[a-z*][a-z0-9_\-.*]*"
 _STRING = r'"[ !#-\[\]-~]*"'
 _INTEGER = r"(?:0|-?[1-9][0-9]{0,14})"
-_FAST_HEAD = re.compile(rf"({_KEY})=\(((?:{_STRING}(?: {_STRING})*)?)\)")
+_NAME_STRING = r'"[!#-\[\]-~]*"'  # a component name: an sf-string without spaces (names have none)
+_FAST_HEAD = re.compile(rf"({_KEY})=\(((?:{_NAME_STRING}(?: {_NAME_STRING})*)?)\)")
 _FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*=?=?):")
 # Senders repeat the same label and component list on every request; only the parameters
 # (created, nonce) change. Parsed heads are kept, up to a bound an attacker cannot grow.
