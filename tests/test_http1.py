@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import Reason
-from gateway.proxy.http1 import ConnectionPool, Http1Connection, UpstreamError, request_head
+from gateway.proxy.http1 import ConnectionPool, UpstreamError, request_head
 from tests.conftest import GatewayFactory
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -516,7 +516,3 @@ async def test_connections_are_pooled_through_the_gateway(
                 assert resp.status == 200
     pool = next(iter(gw.runtime.upstreams.values())).pool
     assert pool.connections_made == 1
-
-
-def test_a_connection_is_a_protocol() -> None:
-    assert issubclass(Http1Connection, asyncio.Protocol)

@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -27,11 +28,10 @@ _BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are
 _BODYLESS = frozenset({101, 204, 304})
 
 
-def connection_tokens(headers: CIMultiDict[str] | web.BaseRequest) -> set[str]:
-    """Field names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1)."""
-    source = headers.headers if not isinstance(headers, CIMultiDict) else headers
+def connection_tokens(values: Iterable[str]) -> set[str]:
+    """Field names listed in Connection (its ``values``) are hop-by-hop too (RFC 9110 §7.6.1)."""
     tokens: set[str] = set()
-    for value in source.getall("Connection", []):
+    for value in values:
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
 
@@ -169,10 +169,8 @@ class Upstream:
 
     @staticmethod
     def _response_headers(answer: ResponseHead, request_id: str) -> CIMultiDict[str]:
-        drop = HOP_BY_HOP
-        for name, value in answer.headers:
-            if name.lower() == "connection":
-                drop = drop | {t.strip().lower() for t in value.split(",") if t.strip()}
+        listed = [value for name, value in answer.headers if name.lower() == "connection"]
+        drop = HOP_BY_HOP | connection_tokens(listed) if listed else HOP_BY_HOP
         out: CIMultiDict[str] = CIMultiDict(
             [(name, value) for name, value in answer.headers if name.lower() not in drop]
         )

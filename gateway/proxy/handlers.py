@@ -87,7 +87,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def _forward_headers(request: web.Request, drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
-    drop = drop | connection_tokens(request) if "Connection" in request.headers else drop
+    drop = drop | connection_tokens(request.headers.getall("Connection")) if "Connection" in request.headers else drop
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         # "X-Gateway-Key_Id" must not slip past as a different header: CGI/WSGI upstreams
