@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from gateway.errors import ConfigError
+from gateway.http_vocab import HOP_BY_HOP
 from gateway.keys.formats import ENCODINGS
 from gateway.redis_client import RedisAddress
 from gateway.signing.rfc9421 import DEFAULT_COMPONENTS, ComponentError, parse_components
@@ -339,10 +340,15 @@ class _Reader:
 
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_RESERVED_HEADERS = frozenset(
-    {"host", "content-length", "content-type", "content-digest", "signature", "signature-input", "x-request-id"}
-    | {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"}
-)
+_RESERVED_HEADERS = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-type",
+    "content-digest",
+    "signature",
+    "signature-input",
+    "x-request-id",
+}
 
 
 def _is_token(text: str) -> bool:

@@ -33,6 +33,7 @@ from aiohttp import web
 from gateway.clock import Clock, system_clock
 from gateway.config import GatewayConfig, KeyringConfig, ListenerConfig, is_loopback
 from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
+from gateway.http_vocab import check_canonical_path
 from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.cache import KeyringCache, RefreshPolicy
 from gateway.keys.sources import FileSource, KeySource
@@ -299,40 +300,6 @@ def _health_request(request: web.Request) -> bool:
         and request.raw_path in ("/healthz", "/readyz")
         and request.method in ("GET", "HEAD")
     )
-
-
-_UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
-
-
-def check_canonical_path(raw_target: str) -> None:
-    """Refuse paths an upstream might read differently from how we route and sign them.
-
-    Routes match raw path prefixes and the upstream receives the raw path byte for byte, so
-    anything a normalising upstream would rewrite (dot segments, ``//``, encoded ``/`` or
-    ``\\``, needlessly encoded unreserved characters such as ``%67``) could reach a path no
-    route was meant to expose. Such requests are answered ``400 non_canonical_path``.
-    """
-    path = raw_target.partition("?")[0]
-    segments = path.split("/")[1:]
-    for index, segment in enumerate(segments):
-        if not segment and index != len(segments) - 1:
-            raise RequestRejected(Reason.NON_CANONICAL_PATH, "empty path segment (//)")
-        if "\\" in segment or "#" in segment:
-            raise RequestRejected(Reason.NON_CANONICAL_PATH, "backslash or '#' in the path")
-        if segment in (".", ".."):
-            raise RequestRejected(Reason.NON_CANONICAL_PATH, "dot segment in the path")
-        position = segment.find("%")
-        while position != -1:
-            pair = segment[position + 1 : position + 3]
-            try:
-                char = chr(int(pair, 16))
-            except ValueError:
-                raise RequestRejected(Reason.NON_CANONICAL_PATH, "malformed percent-encoding") from None
-            if char in _UNRESERVED or char in "/\\":
-                raise RequestRejected(Reason.NON_CANONICAL_PATH, f"needless or unsafe percent-encoding %{pair}")
-            position = segment.find("%", position + 3)
-    if "#" in raw_target:
-        raise RequestRejected(Reason.NON_CANONICAL_PATH, "'#' in the request target")
 
 
 def _health(runtime: Runtime, path: str, request_id: str, detailed: bool) -> web.Response:

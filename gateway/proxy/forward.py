@@ -13,7 +13,6 @@ Invariants:
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,19 +20,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import Reason, RequestRejected
+from gateway.http_vocab import HOP_BY_HOP, connection_tokens
 from gateway.proxy.http1 import IDEMPOTENT, ConnectionPool, Http1Connection, ResponseHead, UpstreamError, request_head
-from gateway.signing.rfc9421 import HOP_BY_HOP
 
 _BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are relayed in one piece
 _BODYLESS = frozenset({101, 204, 304})
-
-
-def connection_tokens(values: Iterable[str]) -> set[str]:
-    """Field names listed in Connection (its ``values``) are hop-by-hop too (RFC 9110 §7.6.1)."""
-    tokens: set[str] = set()
-    for value in values:
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
 
 
 class UpstreamAborted(Exception):

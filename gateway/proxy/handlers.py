@@ -21,8 +21,9 @@ from multidict import CIMultiDict
 from gateway.clock import Clock
 from gateway.config import RouteConfig
 from gateway.errors import Reason, RequestRejected, VerificationError
+from gateway.http_vocab import HOP_BY_HOP, connection_tokens
 from gateway.keys.cache import KeyringCache
-from gateway.proxy.forward import Upstream, connection_tokens
+from gateway.proxy.forward import Upstream
 from gateway.replay import ReplayStore, replay_key
 from gateway.signing import rfc9421
 from gateway.signing.digest import content_digest
@@ -31,7 +32,7 @@ SIGNATURE_HEADERS = frozenset({"signature", "signature-input"})
 CLIENT_TOKEN_HEADER = "X-Gateway-Token"  # noqa: S105 - a header name, not a secret
 # Never forwarded as the client sent them: we set them (host, content-length, request id), or
 # they are for this gateway only (the client token).
-_ALWAYS_DROP = rfc9421.HOP_BY_HOP | {"host", "content-length", "x-request-id", CLIENT_TOKEN_HEADER.lower()}
+_ALWAYS_DROP = HOP_BY_HOP | {"host", "content-length", "x-request-id", CLIENT_TOKEN_HEADER.lower()}
 
 
 class NoncePool:

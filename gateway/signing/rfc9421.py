@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote_plus
 from multidict import MultiMapping
 
 from gateway.errors import Reason, VerificationError
+from gateway.http_vocab import HOP_BY_HOP
 from gateway.keys.model import Key, Keyring
 from gateway.signing import sfv
 from gateway.signing.digest import verify_content_digest
@@ -35,20 +36,6 @@ DERIVED_COMPONENTS = frozenset(
     {"@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query", "@query-param"}
 )
 DEFAULT_COMPONENTS = ("@method", "@authority", "@path", "@query", "content-digest")
-# Hop-by-hop fields (RFC 9110 §7.6.1) change on every hop, so a signature never covers them.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # Structured field types for the ``sf`` and ``key`` component parameters.
 _DICTIONARY_FIELDS = frozenset(
     {"content-digest", "repr-digest", "want-content-digest", "signature", "signature-input", "priority"}
