@@ -29,7 +29,8 @@ import aiohttp
 
 from bench import common
 from bench.common import PAYLOADS, Payload, Signer, Stack, Target, WrkRun
-from gateway.replay import MemoryReplayStore, replay_key
+from gateway.replay import replay_key
+from gateway.replay.memory import MemoryReplayStore
 
 MIB = 1024 * 1024
 BODY_LIMIT = MIB  # the route default, max_body_bytes = 1048576

@@ -33,7 +33,7 @@ GROUPS: Sequence[tuple[str, str]] = (
     ("RFC 9421 sign (incl. Content-Digest)", r"^(_sign|sign|content_digest) \(gateway/"),
     ("RFC 9421 verify: header checks (sfv parse)", r"^check_headers \(gateway/signing"),
     ("RFC 9421 verify: digest + base + MAC", r"^check_body \(gateway/signing"),
-    ("replay store (memory or Redis client)", r"\((gateway/replay(_redis)?\.py|redis/)"),
+    ("replay store (memory or Redis client)", r"\((gateway/replay/|redis/)"),
     ("header copy (_forward_headers)", r"^_forward_headers "),
     ("read_body (gateway)", r"^read_body \(gateway"),
     (

@@ -29,7 +29,9 @@ from urllib.parse import unquote_plus, urlsplit
 from gateway.errors import ConfigError
 from gateway.http_vocab import HOP_BY_HOP
 from gateway.keys.formats import ENCODINGS
-from gateway.redis_client import RedisAddress
+from gateway.replay import STORES as REPLAY_STORES
+from gateway.replay import ReplaySettings
+from gateway.replay.address import RedisAddress
 from gateway.signing.rfc9421 import DEFAULT_COMPONENTS, ComponentError, parse_components
 
 ENV_PREFIX = "HMAC_GATEWAY__"
@@ -141,6 +143,15 @@ class GatewayConfig:
     redis_key_prefix: str = "hmac-gateway:replay:"
     source: Path | None = None
     overrides: tuple[str, ...] = field(default=())  # env variables applied (names only)
+
+    @property
+    def replay(self) -> ReplaySettings:
+        return ReplaySettings(
+            store=self.replay_store,
+            max_entries=self.replay_max_entries,
+            redis_url=self.redis_url,
+            key_prefix=self.redis_key_prefix,
+        )
 
     def routes_for(self, listener: str) -> list[RouteConfig]:
         return [r for r in self.routes if r.listener == listener]
@@ -382,7 +393,7 @@ def parse(
     replay_store = gw.text("replay_store", "memory")
     redis_url = gw.text("redis_url", "")
     redis_prefix = gw.text("redis_key_prefix", "hmac-gateway:replay:")
-    if replay_store not in ("memory", "redis"):
+    if replay_store not in REPLAY_STORES:
         problems.append(f"[gateway].replay_store: must be 'memory' or 'redis', got {replay_store!r}")
     elif replay_store == "redis" and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         problems.append("[gateway].redis_url: required for replay_store = 'redis' (redis://host:6379/0)")

@@ -8,7 +8,8 @@ ever carries key material: messages name key ids, files and settings, never secr
 
     GatewayError
      ├── ConfigError            configuration invalid (every problem listed)      -> exit 2
-     ├── KeyringError           a keyring cannot be read or understood            -> exit 3
+     ├── ReplayStoreError       the replay store failed its start-up check        -> exit 5
+ ├── KeyringError           a keyring cannot be read or understood            -> exit 3
      │    ├── KeyringFormatError   the document is not a valid keyring
      │    ├── SourceError          the source could not be read or written
      │    └── SealError            a sealed file: missing/wrong master key, corrupt
@@ -33,6 +34,11 @@ class ConfigError(GatewayError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class ReplayStoreError(GatewayError):
+    """The replay store cannot do its job (unreachable, or it could evict live entries).
+    The message never carries the store's URL or password."""
 
 
 class KeyringError(GatewayError):

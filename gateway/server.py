@@ -28,10 +28,9 @@ from gateway import exitcodes
 from gateway.clock import Clock, system_clock
 from gateway.config import GatewayConfig
 from gateway.echo import build_echo_app
-from gateway.errors import ConfigError, RequestRejected
+from gateway.errors import ConfigError, ReplayStoreError
 from gateway.observability import configure_logging
 from gateway.proxy.app import build_listener_app, open_runtime
-from gateway.replay_redis import RedisReplayStore
 
 log = logging.getLogger("gateway.server")
 
@@ -59,21 +58,11 @@ async def run(
 ) -> int:
     """Serve until ``stop`` is set. Raises StartupError if start-up fails."""
     async with open_runtime(config, clock=clock) as runtime:
-        if isinstance(runtime.replay, RedisReplayStore):
-            try:
-                await runtime.replay.ping()
-                policy = await runtime.replay.eviction_policy()
-            except RequestRejected as exc:
-                said = "does not answer" if exc.detail == "replay store unreachable" else exc.detail
-                raise StartupError(exitcodes.REPLAY_STORE_ERROR, f"the Redis replay store {said}") from None
-            if policy != "noeviction":
-                # Any eviction policy may drop live replay keys under memory pressure, and a
-                # dropped key is a replay that passes.
-                raise StartupError(
-                    exitcodes.REPLAY_STORE_ERROR,
-                    f"the Redis replay store uses maxmemory-policy {policy}; it must be noeviction "
-                    "(an evicted key would let a replay through)",
-                )
+        try:
+            for warning in await runtime.replay.check():
+                log.warning("replay store", extra={"warning": warning})
+        except ReplayStoreError as exc:
+            raise StartupError(exitcodes.REPLAY_STORE_ERROR, str(exc)) from None
         failed = await runtime.load_keyrings()
         for name, error in failed.items():
             if not config.keyrings[name].start_degraded:

@@ -1,4 +1,4 @@
-"""The lean Redis client (gateway/redis_client.py) against real redis-servers, checked with
+"""The lean Redis client (gateway/replay/resp.py) against real redis-servers, checked with
 redis-py as the independent client: URL forms, AUTH, SELECT, unix sockets, pipelining under
 concurrency, cancellation, timeouts and reconnects."""
 
@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from gateway.errors import Reason, RequestRejected
-from gateway.redis_client import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable, encode_command
 from gateway.replay import replay_key
-from gateway.replay_redis import RedisReplayStore
+from gateway.replay.redis import RedisReplayStore
+from gateway.replay.resp import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable, encode_command
 from tests.test_replay_redis import REDIS_URL, private_redis, redis_is_running
 from tests.test_server import free_port, run_cli
 

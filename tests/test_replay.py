@@ -1,4 +1,4 @@
-"""The in-process replay store (gateway/replay.py), driven by an injected clock."""
+"""The in-process replay store (gateway/replay/memory.py), driven by an injected clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import gc
 import pytest
 
 from gateway.errors import Reason, RequestRejected
-from gateway.replay import MemoryReplayStore, replay_key
+from gateway.replay import replay_key
+from gateway.replay.memory import MemoryReplayStore
 
 # -- helpers -------------------------------------------------------------------------------
 

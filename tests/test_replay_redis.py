@@ -18,9 +18,9 @@ import pytest
 import redis
 from multidict import CIMultiDict
 
-from gateway.errors import Reason, RequestRejected
+from gateway.errors import Reason, ReplayStoreError, RequestRejected
 from gateway.replay import replay_key
-from gateway.replay_redis import RedisReplayStore
+from gateway.replay.redis import RedisReplayStore
 from tests.conftest import GatewayFactory, Recorder
 from tests.helpers import REQUIRED, lib_message, lib_signer
 from tests.test_proxy import lib_signed_headers, post
@@ -238,3 +238,37 @@ def test_a_percent_encoded_password_parameter_is_masked_too(tmp_path: Path) -> N
     result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
     assert result.returncode == 0
     assert "s3cret" not in result.stdout + result.stderr
+
+
+async def test_start_up_check_warns_when_redis_would_forget_entries_on_restart(tmp_path: Path) -> None:
+    # Issue 9 item 7: a Redis without an append-only file loses the newest entries on restart,
+    # exactly those whose signatures are still fresh. The check says so (serve logs it).
+    with private_redis(tmp_path, "--appendonly", "no") as url:
+        store = RedisReplayStore(url)
+        try:
+            warnings = await store.check()
+        finally:
+            await store.close()
+    assert len(warnings) == 1 and "no append-only file" in warnings[0] and "127.0.0.1" not in warnings[0]
+    with private_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "everysec") as url:
+        store = RedisReplayStore(url)
+        try:
+            assert await store.check() == []
+        finally:
+            await store.close()
+
+
+async def test_start_up_check_refuses_an_evicting_or_absent_redis(tmp_path: Path) -> None:
+    with private_redis(tmp_path, "--maxmemory-policy", "allkeys-lru") as url:
+        store = RedisReplayStore(url)
+        try:
+            with pytest.raises(ReplayStoreError, match="maxmemory-policy allkeys-lru; it must be noeviction"):
+                await store.check()
+        finally:
+            await store.close()
+    store = RedisReplayStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
+    try:
+        with pytest.raises(ReplayStoreError, match=r"^the Redis replay store does not answer$"):
+            await store.check()
+    finally:
+        await store.close()

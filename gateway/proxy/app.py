@@ -40,8 +40,9 @@ from gateway.keys.sources import FileSource, KeySource
 from gateway.observability import AccessLog
 from gateway.proxy.forward import Upstream, UpstreamAborted
 from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
-from gateway.replay import MemoryReplayStore, ReplayStore
-from gateway.replay_redis import RedisReplayStore
+from gateway.replay import ReplayStore
+from gateway.replay.factory import open_replay_store
+from gateway.replay.memory import MemoryReplayStore
 
 errlog = logging.getLogger("gateway.proxy")
 
@@ -157,11 +158,7 @@ async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def replay_store(runtime: Runtime) -> AsyncIterator[None]:
-    config = runtime.config
-    if config.replay_store == "redis":
-        runtime.replay = RedisReplayStore(config.redis_url, prefix=config.redis_key_prefix)
-    else:
-        runtime.replay = MemoryReplayStore(config.replay_max_entries, clock=runtime.clock)
+    runtime.replay = open_replay_store(runtime.config.replay, runtime.clock)
     try:
         yield
     finally:

@@ -11,8 +11,8 @@ Invariants:
 
 from __future__ import annotations
 
-from gateway.errors import Reason, RequestRejected
-from gateway.redis_client import RedisClient, RedisReplyError, RedisUnavailable
+from gateway.errors import Reason, ReplayStoreError, RequestRejected
+from gateway.replay.resp import RedisClient, RedisReplyError, RedisUnavailable
 
 
 class RedisReplayStore:
@@ -29,18 +29,51 @@ class RedisReplayStore:
         except RedisUnavailable:
             raise RequestRejected(Reason.REPLAY_STORE_UNAVAILABLE, "replay store unreachable") from None
 
-    async def eviction_policy(self) -> str:
-        """Redis's maxmemory-policy, from INFO (CONFIG is often disabled on managed Redis)."""
+    async def _info(self, section: bytes) -> dict[str, str]:
+        """One INFO section as {field: value} (CONFIG is often disabled on managed Redis; INFO is not)."""
         try:
-            info = await self._client.execute(b"INFO", b"memory")
+            info = await self._client.execute(b"INFO", section)
         except (RedisReplyError, RedisUnavailable):
             raise RequestRejected(Reason.REPLAY_STORE_UNAVAILABLE, "replay store unreachable") from None
         text = info.decode("utf-8", "replace") if isinstance(info, bytes) else ""
-        for line in text.splitlines():
-            name, _, value = line.partition(":")
-            if name == "maxmemory_policy":
-                return value.strip()
-        return "unknown"
+        fields = (line.partition(":") for line in text.splitlines() if not line.startswith("#"))
+        return {name: value.strip() for name, sep, value in fields if sep}
+
+    async def eviction_policy(self) -> str:
+        return (await self._info(b"memory")).get("maxmemory_policy", "unknown")
+
+    async def check(self) -> list[str]:
+        """Fail unless Redis answers and never evicts; warn when it would lose entries on restart.
+
+        Without AOF, a restart (or a failover to a replica that had not caught up) forgets the
+        entries written since the last snapshot: exactly the recent ones, whose signatures are
+        still inside the freshness window, so those replays would pass once more.
+        """
+        try:
+            await self.ping()
+            policy = await self.eviction_policy()
+            persistence = await self._info(b"persistence")
+            replication = await self._info(b"replication")
+        except RequestRejected as exc:
+            said = "does not answer" if exc.detail == "replay store unreachable" else exc.detail
+            raise ReplayStoreError(f"the Redis replay store {said}") from None
+        if policy != "noeviction":
+            # Any eviction policy may drop live replay keys under memory pressure, and a
+            # dropped key is a replay that passes.
+            raise ReplayStoreError(
+                f"the Redis replay store uses maxmemory-policy {policy}; it must be noeviction "
+                "(an evicted key would let a replay through)"
+            )
+        warnings = []
+        if persistence.get("aof_enabled") != "1":
+            warnings.append(
+                "the Redis replay store has no append-only file (appendonly no): a Redis restart would forget "
+                "recent entries and let replays of still-fresh signatures through once; see README "
+                "'What Redis must guarantee'"
+            )
+        if replication.get("role") == "slave":
+            warnings.append("the Redis replay store is a replica; point redis_url at the primary")
+        return warnings
 
     async def remember(self, key: bytes, ttl: float) -> bool:
         try:

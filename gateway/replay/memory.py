@@ -1,4 +1,4 @@
-"""Replay stores: remember (keyring, key id, nonce-or-signature) for as long as it could verify.
+"""The in-process replay store: the single-instance default.
 
 Invariant: a full store **rejects** new entries (503 ``replay_store_full``) instead of
 evicting live ones, because eviction would reopen the replay window for an attacker who
@@ -7,26 +7,11 @@ floods the store. Entries are only ever dropped once their window has passed.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
-from typing import Protocol
 
 from gateway.clock import Clock, system_clock
 from gateway.errors import Reason, RequestRejected
-
-
-def replay_key(keyring: str, key_id: str, token: str) -> bytes:
-    """A fixed-size key so an attacker's huge nonce costs us 32 bytes."""
-    return hashlib.sha256(f"{keyring}\0{key_id}\0{token}".encode()).digest()
-
-
-class ReplayStore(Protocol):
-    async def remember(self, key: bytes, ttl: float) -> bool:
-        """Record ``key`` for ``ttl`` seconds. False if it is already there (a replay)."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class MemoryReplayStore:
@@ -71,6 +56,10 @@ class MemoryReplayStore:
             heapq.heappush(self._seconds, second)
         bucket.append(key)
         return True
+
+    async def check(self) -> list[str]:
+        """Nothing to check: the store lives and dies with this process."""
+        return []
 
     async def close(self) -> None:
         self._keys.clear()
