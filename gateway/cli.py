@@ -22,7 +22,7 @@ from gateway.clock import system_clock, to_rfc3339
 from gateway.echo import build_echo_app
 from gateway.errors import ConfigError, GatewayError, KeyringError
 from gateway.keys.formats import parse_keyring
-from gateway.proxy.app import make_source
+from gateway.proxy.runtime import make_source
 
 JSON_SCHEMA = 1
 

@@ -7,12 +7,15 @@ Fields given through ``extra=`` become top-level JSON fields.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import sys
 import time
+import uuid
 from typing import Any
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 # One encoder for every access line: json.dumps with options builds a new one per call.
@@ -126,3 +129,21 @@ def configure_logging(level: str = "info") -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ParserRefusalFilter) for f in server_log.filters):
         server_log.addFilter(ParserRefusalFilter())
+
+
+_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class RequestIds:
+    """Request ids: a client's well-formed X-Request-Id, else a per-process random prefix plus a
+    counter (unique across processes and restarts, and cheaper than a uuid4 per request)."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:12]
+        self.counter = itertools.count(1)
+
+    def for_request(self, request: web.Request) -> str:
+        incoming = request.headers.get("X-Request-Id", "")
+        if 0 < len(incoming) <= 128 and all(c in _REQUEST_ID_CHARS for c in incoming):
+            return incoming
+        return f"{self.prefix}{next(self.counter):08x}"

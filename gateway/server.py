@@ -30,7 +30,8 @@ from gateway.config import GatewayConfig
 from gateway.echo import build_echo_app
 from gateway.errors import ConfigError, ReplayStoreError
 from gateway.observability import configure_logging
-from gateway.proxy.app import build_listener_app, open_runtime
+from gateway.proxy.app import build_listener_app
+from gateway.proxy.runtime import open_runtime
 
 log = logging.getLogger("gateway.server")
 

@@ -20,7 +20,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway import config as config_mod
-from gateway.proxy.app import Runtime, build_listener_app, open_runtime
+from gateway.proxy.app import build_listener_app
+from gateway.proxy.runtime import Runtime, open_runtime
 from tests.helpers import FakeClock, random_secret
 
 

@@ -594,7 +594,7 @@ async def test_problem_details_name_no_internal_configuration(make_gateway: Gate
 
 
 async def test_readyz_details_only_for_loopback_callers(make_gateway: GatewayFactory) -> None:
-    from gateway.proxy.app import _health
+    from gateway.proxy.ops import _health
 
     gw = await make_gateway()
     public = json.loads(_health(gw.runtime, "/readyz", "id", detailed=False).text or "")

@@ -1,10 +1,4 @@
-"""Listener applications and the runtime they share.
-
-Several listeners (a sign listener, a verify listener, ...) share one keyring cache per
-keyring, one replay store and one pooled client per upstream, so those resources live in a
-``Runtime`` that outlives the per-listener ``web.Application``s. Each resource is opened by
-its own async context manager (code before ``yield`` starts it, code after cleans up),
-stacked by ``open_runtime``.
+"""One ``web.Application`` per listener: the edge middleware, the ops endpoints and the routes.
 
 Invariants:
 - ``CONNECT`` and absolute-form / asterisk-form request targets are refused: this is a
@@ -17,32 +11,20 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
-import itertools
-import json
 import logging
-import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.clock import Clock, system_clock
-from gateway.config import GatewayConfig, KeyringConfig, ListenerConfig, is_loopback
+from gateway.config import ListenerConfig
 from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
 from gateway.http_vocab import check_canonical_path
-from gateway.keys.aws import SecretsManagerSource
-from gateway.keys.cache import KeyringCache, RefreshPolicy
-from gateway.keys.sources import FileSource, KeySource
-from gateway.observability import AccessLog
-from gateway.proxy.forward import Upstream, UpstreamAborted
+from gateway.proxy.forward import UpstreamAborted
 from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
-from gateway.replay import ReplayStore
-from gateway.replay.factory import open_replay_store
-from gateway.replay.memory import MemoryReplayStore
+from gateway.proxy.ops import HEALTH_PATHS, add_ops_routes
+from gateway.proxy.runtime import Runtime
 
 errlog = logging.getLogger("gateway.proxy")
 
@@ -50,133 +32,6 @@ RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
 LISTENER_KEY: web.AppKey[ListenerConfig] = web.AppKey("listener")
 _OUTCOME: web.RequestKey[Outcome] = web.RequestKey("outcome", Outcome)
 _REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
-_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-
-class RequestIds:
-    """Request ids: a client's well-formed X-Request-Id, else a per-process random prefix plus a
-    counter (unique across processes and restarts, and cheaper than a uuid4 per request)."""
-
-    def __init__(self) -> None:
-        self.prefix = uuid.uuid4().hex[:12]
-        self.counter = itertools.count(1)
-
-    def for_request(self, request: web.Request) -> str:
-        incoming = request.headers.get("X-Request-Id", "")
-        if 0 < len(incoming) <= 128 and all(c in _REQUEST_ID_CHARS for c in incoming):
-            return incoming
-        return f"{self.prefix}{next(self.counter):08x}"
-
-
-@dataclass
-class Runtime:
-    config: GatewayConfig
-    clock: Clock
-    caches: dict[str, KeyringCache] = field(default_factory=dict)
-    upstreams: dict[str, Upstream] = field(default_factory=dict)
-    replay: ReplayStore = field(default_factory=MemoryReplayStore)
-    access_log: AccessLog = field(default_factory=AccessLog)
-    request_ids: RequestIds = field(default_factory=RequestIds)
-    draining: bool = False
-
-    async def load_keyrings(self) -> dict[str, str]:
-        """Initial load of every keyring; returns {name: error} for those that failed."""
-        results = await asyncio.gather(*(c.refresh() for c in self.caches.values()))
-        return {
-            name: cache.last_error or "failed"
-            for (name, cache), ok in zip(self.caches.items(), results, strict=True)
-            if not ok
-        }
-
-    def ready(self) -> bool:
-        now = self.clock()
-        return not self.draining and all(c.is_ready(now) for c in self.caches.values())
-
-    def keyring_status(self) -> dict[str, object]:
-        now = self.clock()
-        return {name: cache.status(now) for name, cache in self.caches.items()}
-
-
-def make_source(config: KeyringConfig, clock: Clock) -> KeySource:
-    if config.source == "aws-secretsmanager":
-        return SecretsManagerSource(
-            config.name,
-            config.secret_id,
-            region=config.region,
-            profile=config.profile,
-            endpoint_url=config.endpoint_url,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            max_attempts=config.max_attempts,
-        )
-    return FileSource(
-        config.name,
-        config.path,
-        create=config.create,
-        seal_key_env=config.seal_key_env,
-        check_permissions=config.check_permissions,
-        clock=clock,
-    )
-
-
-@contextlib.asynccontextmanager
-async def keyring_caches(runtime: Runtime, refresh: bool) -> AsyncIterator[None]:
-    for name, kc in runtime.config.keyrings.items():
-        runtime.caches[name] = KeyringCache(
-            name,
-            make_source(kc, runtime.clock),
-            encoding=kc.encoding,
-            clock=runtime.clock,
-            policy=RefreshPolicy(
-                interval=kc.refresh_interval,
-                jitter=kc.refresh_jitter,
-                max_staleness=kc.max_staleness,
-                early_refresh_interval=kc.early_refresh_interval,
-                backoff_cap=kc.backoff_cap,
-            ),
-        )
-    tasks = [asyncio.ensure_future(c.run()) for c in runtime.caches.values()] if refresh else []
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@contextlib.asynccontextmanager
-async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
-    for route in runtime.config.routes:
-        upstream = Upstream(route.upstream, connect_timeout=route.connect_timeout, read_timeout=route.upstream_timeout)
-        await upstream.start()
-        runtime.upstreams[route.name] = upstream
-    try:
-        yield
-    finally:
-        await asyncio.gather(*(u.close() for u in runtime.upstreams.values()))
-
-
-@contextlib.asynccontextmanager
-async def replay_store(runtime: Runtime) -> AsyncIterator[None]:
-    runtime.replay = open_replay_store(runtime.config.replay, runtime.clock)
-    try:
-        yield
-    finally:
-        await runtime.replay.close()
-
-
-@contextlib.asynccontextmanager
-async def open_runtime(
-    config: GatewayConfig, *, clock: Clock = system_clock, refresh: bool = True
-) -> AsyncIterator[Runtime]:
-    """Open every shared resource. ``refresh=False`` leaves refreshing to the caller (tests)."""
-    runtime = Runtime(config=config, clock=clock)
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(replay_store(runtime))
-        await stack.enter_async_context(keyring_caches(runtime, refresh))
-        await stack.enter_async_context(upstream_pools(runtime))
-        stack.callback(runtime.access_log.close)  # the last lines, before the process exits
-        yield runtime
 
 
 def _problem(reason: Reason, detail: str, request_id: str, **extra: object) -> web.Response:
@@ -231,6 +86,8 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
                 offered = request.headers.get(CLIENT_TOKEN_HEADER, "").encode()
                 if not hmac.compare_digest(offered, token):
                     raise RequestRejected(Reason.CLIENT_TOKEN_REQUIRED, f"send {CLIENT_TOKEN_HEADER}")
+            if _health_request(request):
+                outcome.outcome = "health"
             response = await handler(request)
             status = response.status
             return response
@@ -272,12 +129,12 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
             )
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
+        # Routes match the *raw* path (what is signed and sent upstream byte for byte), longest
+        # prefix first: aiohttp's router matches the decoded path, so it only carries the ops
+        # endpoints and this one catch-all.
         outcome = request[_OUTCOME]
         path, sep, query_text = request.raw_path.partition("?")
         query = query_text if sep else None
-        if _health_request(request):
-            outcome.outcome = "health"
-            return _health(runtime, path, request[_REQUEST_ID], is_loopback(request.remote or ""))
         for handler in routes:
             if handler.matches(path):
                 outcome.route = handler.route.name
@@ -287,29 +144,13 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     app = web.Application(middlewares=[edge], handler_args={"max_field_size": 16384})
     app[RUNTIME_KEY] = runtime
     app[LISTENER_KEY] = listener
+    if listener.health_endpoints:
+        add_ops_routes(app, runtime, _REQUEST_ID)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
 
 def _health_request(request: web.Request) -> bool:
-    return (
-        request.app[LISTENER_KEY].health_endpoints
-        and request.raw_path in ("/healthz", "/readyz")
-        and request.method in ("GET", "HEAD")
-    )
-
-
-def _health(runtime: Runtime, path: str, request_id: str, detailed: bool) -> web.Response:
-    if path == "/healthz":
-        body: dict[str, object] = {"status": "alive", "pid": os.getpid()}
-        status = 200
-    else:
-        ready = runtime.ready()
-        status = 200 if ready else 503
-        body = {"status": "ready" if ready else "not_ready", "draining": runtime.draining}
-        if detailed:  # keyring names, sources and errors are for operators on the host only
-            body["keyrings"] = runtime.keyring_status()
-    response = web.Response(status=status, text=json.dumps(body), content_type="application/json")
-    response.headers["X-Request-Id"] = request_id
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """Probes need no client token; only the ops routes themselves count (not POST /healthz)."""
+    route = request.match_info.route
+    return route.resource is not None and route.resource.canonical in HEALTH_PATHS

@@ -1,0 +1,137 @@
+"""The runtime every listener shares, and the resources it opens.
+
+Several listeners (a sign listener, a verify listener, ...) share one keyring cache per
+keyring, one replay store and one pooled client per upstream, so those resources live in a
+``Runtime`` that outlives the per-listener ``web.Application``s. Each resource is opened by
+its own async context manager (code before ``yield`` starts it, code after cleans up),
+stacked by ``open_runtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from gateway.clock import Clock, system_clock
+from gateway.config import GatewayConfig, KeyringConfig
+from gateway.keys.aws import SecretsManagerSource
+from gateway.keys.cache import KeyringCache, RefreshPolicy
+from gateway.keys.sources import FileSource, KeySource
+from gateway.observability import AccessLog, RequestIds
+from gateway.proxy.forward import Upstream
+from gateway.replay import ReplayStore
+from gateway.replay.factory import open_replay_store
+from gateway.replay.memory import MemoryReplayStore
+
+
+@dataclass
+class Runtime:
+    config: GatewayConfig
+    clock: Clock
+    caches: dict[str, KeyringCache] = field(default_factory=dict)
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    replay: ReplayStore = field(default_factory=MemoryReplayStore)
+    access_log: AccessLog = field(default_factory=AccessLog)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    draining: bool = False
+
+    async def load_keyrings(self) -> dict[str, str]:
+        """Initial load of every keyring; returns {name: error} for those that failed."""
+        results = await asyncio.gather(*(c.refresh() for c in self.caches.values()))
+        return {
+            name: cache.last_error or "failed"
+            for (name, cache), ok in zip(self.caches.items(), results, strict=True)
+            if not ok
+        }
+
+    def ready(self) -> bool:
+        now = self.clock()
+        return not self.draining and all(c.is_ready(now) for c in self.caches.values())
+
+    def keyring_status(self) -> dict[str, object]:
+        now = self.clock()
+        return {name: cache.status(now) for name, cache in self.caches.items()}
+
+
+def make_source(config: KeyringConfig, clock: Clock) -> KeySource:
+    if config.source == "aws-secretsmanager":
+        return SecretsManagerSource(
+            config.name,
+            config.secret_id,
+            region=config.region,
+            profile=config.profile,
+            endpoint_url=config.endpoint_url,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_attempts=config.max_attempts,
+        )
+    return FileSource(
+        config.name,
+        config.path,
+        create=config.create,
+        seal_key_env=config.seal_key_env,
+        check_permissions=config.check_permissions,
+        clock=clock,
+    )
+
+
+@contextlib.asynccontextmanager
+async def keyring_caches(runtime: Runtime, refresh: bool) -> AsyncIterator[None]:
+    for name, kc in runtime.config.keyrings.items():
+        runtime.caches[name] = KeyringCache(
+            name,
+            make_source(kc, runtime.clock),
+            encoding=kc.encoding,
+            clock=runtime.clock,
+            policy=RefreshPolicy(
+                interval=kc.refresh_interval,
+                jitter=kc.refresh_jitter,
+                max_staleness=kc.max_staleness,
+                early_refresh_interval=kc.early_refresh_interval,
+                backoff_cap=kc.backoff_cap,
+            ),
+        )
+    tasks = [asyncio.ensure_future(c.run()) for c in runtime.caches.values()] if refresh else []
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
+    for route in runtime.config.routes:
+        upstream = Upstream(route.upstream, connect_timeout=route.connect_timeout, read_timeout=route.upstream_timeout)
+        await upstream.start()
+        runtime.upstreams[route.name] = upstream
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(u.close() for u in runtime.upstreams.values()))
+
+
+@contextlib.asynccontextmanager
+async def replay_store(runtime: Runtime) -> AsyncIterator[None]:
+    runtime.replay = open_replay_store(runtime.config.replay, runtime.clock)
+    try:
+        yield
+    finally:
+        await runtime.replay.close()
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    config: GatewayConfig, *, clock: Clock = system_clock, refresh: bool = True
+) -> AsyncIterator[Runtime]:
+    """Open every shared resource. ``refresh=False`` leaves refreshing to the caller (tests)."""
+    runtime = Runtime(config=config, clock=clock)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(replay_store(runtime))
+        await stack.enter_async_context(keyring_caches(runtime, refresh))
+        await stack.enter_async_context(upstream_pools(runtime))
+        stack.callback(runtime.access_log.close)  # the last lines, before the process exits
+        yield runtime
