@@ -91,6 +91,8 @@ class Reason(enum.Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NO_ROUTE = "no_route"
     BODY_TOO_LARGE = "body_too_large"
+    EXPECTATION_FAILED = "expectation_failed"
+    CLIENT_ABORTED = "client_aborted"  # the client went away mid-request: logged, nothing to answer
     # our side
     KEYRING_UNAVAILABLE = "keyring_unavailable"
     REPLAY_STORE_FULL = "replay_store_full"
@@ -134,6 +136,8 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.MISDIRECTED: _ReasonInfo(421, "This route does not serve that authority"),
     Reason.NO_ROUTE: _ReasonInfo(404, "No route for this path"),
     Reason.BODY_TOO_LARGE: _ReasonInfo(413, "Request body exceeds the route's limit"),
+    Reason.EXPECTATION_FAILED: _ReasonInfo(417, "Only 'Expect: 100-continue' is supported"),
+    Reason.CLIENT_ABORTED: _ReasonInfo(400, "The client closed the connection before the request was complete"),
     Reason.KEYRING_UNAVAILABLE: _ReasonInfo(503, "Keyring not loaded"),
     Reason.REPLAY_STORE_FULL: _ReasonInfo(503, "Replay store is full"),
     Reason.REPLAY_STORE_UNAVAILABLE: _ReasonInfo(503, "Replay store unavailable"),

@@ -44,9 +44,10 @@ def check_canonical_path(raw_target: str) -> None:
     """Refuse paths an upstream might read differently from how we route and sign them.
 
     Routes match raw path prefixes and the upstream receives the raw path byte for byte, so
-    anything a normalising upstream would rewrite (dot segments, ``//``, encoded ``/`` or
-    ``\\``, needlessly encoded unreserved characters such as ``%67``) could reach a path no
-    route was meant to expose. Such requests are answered ``400 non_canonical_path``.
+    anything a normalising upstream would rewrite (dot segments, also with ``;`` parameters as
+    in ``..;``, ``//``, encoded ``/``, ``\\`` or NUL, needlessly encoded unreserved characters
+    such as ``%67``) could reach a path no route was meant to expose. Such requests are
+    answered ``400 non_canonical_path``.
     """
     path = raw_target.partition("?")[0]
     segments = path.split("/")[1:]
@@ -55,7 +56,8 @@ def check_canonical_path(raw_target: str) -> None:
             raise RequestRejected(Reason.NON_CANONICAL_PATH, "empty path segment (//)")
         if "\\" in segment or "#" in segment:
             raise RequestRejected(Reason.NON_CANONICAL_PATH, "backslash or '#' in the path")
-        if segment in (".", ".."):
+        # "..;x" is ".." to Tomcat and Spring, which drop ";" parameters before resolving dots.
+        if segment.partition(";")[0] in (".", ".."):
             raise RequestRejected(Reason.NON_CANONICAL_PATH, "dot segment in the path")
         position = segment.find("%")
         while position != -1:
@@ -64,6 +66,8 @@ def check_canonical_path(raw_target: str) -> None:
                 char = chr(int(pair, 16))
             except ValueError:
                 raise RequestRejected(Reason.NON_CANONICAL_PATH, "malformed percent-encoding") from None
+            if char == "\0":
+                raise RequestRejected(Reason.NON_CANONICAL_PATH, "encoded NUL (%00) in the path")
             if char in _UNRESERVED or char in "/\\":
                 raise RequestRejected(Reason.NON_CANONICAL_PATH, f"needless or unsafe percent-encoding %{pair}")
             position = segment.find("%", position + 3)

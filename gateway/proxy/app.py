@@ -82,12 +82,14 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
             if not request.raw_path.startswith("/"):
                 raise RequestRejected(Reason.ABSOLUTE_FORM_TARGET, "send origin-form targets (/path?query)")
             check_canonical_path(request.raw_path)
-            if token is not None and not _health_request(request):
+            if _health_request(request):
+                outcome.outcome = "health"
+            elif token is not None:
                 offered = request.headers.get(CLIENT_TOKEN_HEADER, "").encode()
                 if not hmac.compare_digest(offered, token):
                     raise RequestRejected(Reason.CLIENT_TOKEN_REQUIRED, f"send {CLIENT_TOKEN_HEADER}")
-            if _health_request(request):
-                outcome.outcome = "health"
+            if "Expect" in request.headers:
+                await _expect(request)
             response = await handler(request)
             status = response.status
             return response
@@ -102,9 +104,17 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
             outcome.reason = exc.reason.value
             status = exc.reason.status
             return exc.response  # already prepared; its connection is aborted
-        except (asyncio.CancelledError, ConnectionResetError):
-            status = 499  # the client went away; nothing to answer
-            outcome.outcome = "client_closed"
+        except ConnectionResetError:
+            # The client closed mid-request (e.g. half a body, then FIN): nothing was sent
+            # upstream and nobody is left to answer. One warning line (the access line), no
+            # traceback: aiohttp logs an exception that leaves a handler at error level.
+            status = 499
+            outcome.outcome = outcome.reason = Reason.CLIENT_ABORTED.value
+            return web.Response(status=400)  # never reaches the client; aiohttp drops it quietly
+        except asyncio.CancelledError:
+            # The client left and the server cancelled its handler (or the drain timed out).
+            status = 499
+            outcome.outcome = outcome.reason = Reason.CLIENT_ABORTED.value
             raise
         except Exception:
             errlog.exception("unhandled error", extra={"request_id": request_id, "route": outcome.route})
@@ -114,6 +124,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
         finally:
             runtime.access_log.write(
                 {
+                    **({"level": "warning"} if status == 499 else {}),
                     "request_id": request_id,
                     "listener": listener.name,
                     "route": outcome.route,
@@ -145,9 +156,25 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     app[RUNTIME_KEY] = runtime
     app[LISTENER_KEY] = listener
     if listener.health_endpoints:
-        add_ops_routes(app, runtime, _REQUEST_ID)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+        add_ops_routes(app, runtime, _REQUEST_ID, _defer_expect)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=_defer_expect)
     return app
+
+
+async def _defer_expect(request: web.Request) -> None:
+    """Expect is answered by the edge middleware, where refusals become problem+json and the
+    request is logged; aiohttp's default handler answers from outside it (and fails on a
+    non-UTF-8 value or a closing transport)."""
+
+
+async def _expect(request: web.Request) -> None:
+    """``100-continue`` is answered at once (the body is always read whole; Expect is never
+    forwarded); any other expectation is refused with 417."""
+    expect = request.headers.getall("Expect")
+    if len(expect) != 1 or expect[0].strip().lower() != "100-continue":
+        raise RequestRejected(Reason.EXPECTATION_FAILED, "only 'Expect: 100-continue' is supported")
+    if request.version >= (1, 1):  # RFC 9110 §10.1.1: never a 1xx to an HTTP/1.0 client
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # a closing transport: client_aborted
 
 
 def _health_request(request: web.Request) -> bool:

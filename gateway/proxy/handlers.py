@@ -32,7 +32,7 @@ SIGNATURE_HEADERS = frozenset({"signature", "signature-input"})
 CLIENT_TOKEN_HEADER = "X-Gateway-Token"  # noqa: S105 - a header name, not a secret
 # Never forwarded as the client sent them: we set them (host, content-length, request id), or
 # they are for this gateway only (the client token).
-_ALWAYS_DROP = HOP_BY_HOP | {"host", "content-length", "x-request-id", CLIENT_TOKEN_HEADER.lower()}
+_ALWAYS_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "x-request-id", CLIENT_TOKEN_HEADER.lower()}
 
 
 class NoncePool:

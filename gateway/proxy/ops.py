@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -18,14 +19,20 @@ from gateway.proxy.runtime import Runtime
 HEALTH_PATHS = ("/healthz", "/readyz")
 
 
-def add_ops_routes(app: web.Application, runtime: Runtime, request_id: web.RequestKey[str]) -> None:
+def add_ops_routes(
+    app: web.Application,
+    runtime: Runtime,
+    request_id: web.RequestKey[str],
+    expect_handler: Callable[[web.Request], Awaitable[None]],
+) -> None:
     """``GET``/``HEAD`` of the health paths; other methods fall through to the proxy routes."""
 
     async def health(request: web.Request) -> web.Response:
         return _health(runtime, request.path, request[request_id], is_loopback(request.remote or ""))
 
     for path in HEALTH_PATHS:
-        app.router.add_get(path, health, name=path.strip("/"))  # add_get registers HEAD too
+        # add_get registers HEAD too; Expect is answered by the listener's edge middleware
+        app.router.add_get(path, health, name=path.strip("/"), expect_handler=expect_handler)
 
 
 def _health(runtime: Runtime, path: str, request_id: str, detailed: bool) -> web.Response:
