@@ -8,12 +8,13 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
@@ -23,6 +24,7 @@ from gateway import config as config_mod
 from gateway.proxy.app import build_listener_app
 from gateway.proxy.runtime import Runtime, open_runtime
 from tests.helpers import FakeClock, random_secret
+from tests.support import REDIS_URL, Proc
 
 
 @dataclass
@@ -153,3 +155,19 @@ async def make_gateway(
 
     yield factory
     await stack.aclose()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_is_running() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError:
+        pytest.fail("no redis-server answers on 127.0.0.1:6379 (.ci/run starts one; see README Development)")

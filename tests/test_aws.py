@@ -27,7 +27,7 @@ from gateway.keys.cache import KeyringCache, RefreshPolicy
 from tests.conftest import GatewayFactory, Recorder
 from tests.helpers import FakeClock, random_secret
 from tests.moto_faults import Fault, FaultyMotoServer
-from tests.test_proxy import lib_signed_headers, lib_verify_received, post
+from tests.support import lib_signed_headers, lib_verify_received, post
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -8,7 +8,6 @@ import datetime
 import hashlib
 import io
 import json
-import socket
 from typing import Any
 
 import aiohttp
@@ -17,58 +16,8 @@ from multidict import CIMultiDict
 
 from gateway.observability import AccessLog
 from tests.conftest import Gateway, GatewayFactory, Recorder
-from tests.helpers import REQUIRED, FakeClock, lib_message, lib_signer, lib_verifier, random_secret
-
-
-def lib_verify_received(gw: Gateway, received: Any, require: tuple[str, ...] = REQUIRED) -> Any:
-    """Verify what the upstream received, as the backend would, with the other library."""
-    url = f"http://{received.headers['Host']}{received.raw_path}"
-    keys = {k: v.encode() for k, v in gw.keys.items()}
-    return lib_verifier(keys).verify(
-        lib_message(received.method, url, received.headers), require_components=list(require), body=received.body
-    )
-
-
-def lib_signed_headers(
-    gw: Gateway,
-    key_id: str,
-    *,
-    method: str = "POST",
-    path: str = "/hooks/pay?id=7",
-    body: bytes = b'{"amount": 42}',
-    created: float | None = None,
-    nonce: str | None = "auto",
-    extra: dict[str, str] | None = None,
-) -> CIMultiDict[str]:
-    """Headers a webhook sender using http-message-signatures would send to the verify listener."""
-    url = str(gw.url("verify", path))
-    headers: CIMultiDict[str] = CIMultiDict(
-        {"Host": f"127.0.0.1:{gw.port('verify')}", "Content-Type": "application/json"}
-    )
-    headers.update(extra or {})
-    when = datetime.datetime.fromtimestamp(created, tz=datetime.UTC) if created is not None else None
-    lib_signer({k: v.encode() for k, v in gw.keys.items()}).sign(
-        lib_message(method, url, headers),
-        key_id=key_id,
-        created=when,
-        nonce=random_secret()[:24] if nonce == "auto" else nonce,
-        covered_component_ids=REQUIRED,
-        body=body,
-        label="cb",
-    )
-    del headers["Host"]
-    return headers
-
-
-async def post(url: Any, method: str = "POST", **kw: Any) -> tuple[int, dict[str, Any], CIMultiDict[str]]:
-    async with aiohttp.ClientSession() as session, session.request(method, url, **kw) as resp:
-        text = await resp.text()
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            doc = {"_text": text}
-        return resp.status, doc, CIMultiDict(resp.headers)
-
+from tests.helpers import REQUIRED, FakeClock, random_secret
+from tests.support import free_port, lib_signed_headers, lib_verify_received, post, raw_http
 
 # -- outbound: sign listener ------------------------------------------------------------------
 
@@ -377,15 +326,6 @@ async def test_unsigned_upload_is_refused_before_its_body_is_read(
     assert upstream.received == []
 
 
-async def raw_http(port: int, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(65536), 5)
-    writer.close()
-    return data
-
-
 @pytest.mark.parametrize(
     ("request_line", "status", "reason"),
     [
@@ -414,15 +354,9 @@ async def test_no_route_is_404(make_gateway: GatewayFactory, upstream: Recorder)
     assert (await post(gw.url("sign", "/api/v1")))[0] == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_unreachable_upstream_is_502(make_gateway: GatewayFactory) -> None:
     def dead(raw: dict[str, Any]) -> None:
-        raw["routes"][0]["upstream"] = f"http://127.0.0.1:{_free_port()}"
+        raw["routes"][0]["upstream"] = f"http://127.0.0.1:{free_port()}"
 
     gw = await make_gateway(tweak=dead)
     status, doc, _ = await post(gw.url("sign", "/x"))

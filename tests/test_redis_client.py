@@ -16,10 +16,9 @@ from gateway.errors import Reason, RequestRejected
 from gateway.replay import replay_key
 from gateway.replay.redis import RedisReplayStore
 from gateway.replay.resp import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable, encode_command
-from tests.test_replay_redis import REDIS_URL, private_redis, redis_is_running
-from tests.test_server import free_port, run_cli
+from tests.support import REDIS_URL, free_port, private_redis, run_cli, workers_config
 
-__all__ = ["redis_is_running"]  # the module fixture: fail loudly when no redis-server answers
+pytestmark = pytest.mark.usefixtures("redis_is_running")
 
 
 def test_url_forms() -> None:
@@ -51,9 +50,7 @@ def test_bad_urls_are_refused_without_repeating_them(url: str) -> None:
 
 
 def test_a_bad_redis_url_is_a_config_error(tmp_path: Path) -> None:
-    from tests.test_replay_redis import _workers_config
-
-    cfg, _ = _workers_config(tmp_path, "p:", "redis://:hunter2@127.0.0.1:port/0")
+    cfg, _ = workers_config(tmp_path, "p:", "redis://:hunter2@127.0.0.1:port/0")
     result = run_cli("--config", str(cfg), "check-config", cwd=tmp_path)
     assert result.returncode == 2
     assert "redis_url: the port and database must be numbers" in result.stderr

@@ -4,11 +4,7 @@ none answers). Two gateway runtimes sharing it stand in for two instances or two
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,18 +19,19 @@ from gateway.replay import replay_key
 from gateway.replay.redis import RedisReplayStore
 from tests.conftest import GatewayFactory, Recorder
 from tests.helpers import REQUIRED, lib_message, lib_signer
-from tests.test_proxy import lib_signed_headers, post
-from tests.test_server import Proc, free_port, loop_config, run_cli, wait_ready
+from tests.support import (
+    REDIS_URL,
+    Proc,
+    free_port,
+    lib_signed_headers,
+    post,
+    private_redis,
+    run_cli,
+    wait_ready,
+    workers_config,
+)
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def redis_is_running() -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except redis.RedisError:
-        pytest.fail("no redis-server answers on 127.0.0.1:6379 (.ci/run starts one; see README Development)")
+pytestmark = pytest.mark.usefixtures("redis_is_running")
 
 
 @pytest.fixture
@@ -63,47 +60,6 @@ async def test_unreachable_redis_fails_closed() -> None:
         assert err.value.reason is Reason.REPLAY_STORE_UNAVAILABLE
     finally:
         await store.close()
-
-
-@contextlib.contextmanager
-def private_redis(tmp_path: Path, *settings: str) -> Iterator[str]:
-    """A redis-server of our own on a free loopback port with ``settings``; stopped by its pid."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-            *settings,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping()
-                break
-            except (redis.AuthenticationError, redis.ResponseError):  # it answers, if only to ask for a password
-                break
-            except redis.RedisError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -160,20 +116,8 @@ async def test_redis_down_answers_503_and_forwards_nothing(
     assert upstream.received == []
 
 
-def _workers_config(tmp_path: Path, prefix: str, redis_url: str = REDIS_URL, upstream: str = "") -> tuple[Path, int]:
-    sign, verify = free_port(), free_port()
-    cfg = loop_config(tmp_path, sign, verify, 0)
-    text = cfg.read_text().replace("[echo]\nport = 0\n", "")
-    text = text.replace('upstream = "http://127.0.0.1:0"', f'upstream = "{upstream or "http://127.0.0.1:9"}"')
-    text = text.replace(
-        "[gateway]\n", f'[gateway]\nreplay_store = "redis"\nredis_url = "{redis_url}"\nredis_key_prefix = "{prefix}"\n'
-    )
-    cfg.write_text(text)
-    return cfg, verify
-
-
 async def test_workers_share_one_replay_store(tmp_path: Path, prefix: str, upstream: Recorder) -> None:
-    cfg, verify = _workers_config(tmp_path, prefix, upstream=upstream.url)
+    cfg, verify = workers_config(tmp_path, prefix, upstream=upstream.url)
     proc = Proc("--config", str(cfg), "serve", "--workers", "2", cwd=tmp_path)
     try:
         await wait_ready(verify, proc)
@@ -199,13 +143,13 @@ async def test_workers_share_one_replay_store(tmp_path: Path, prefix: str, upstr
 
 
 def test_unreachable_redis_stops_the_start_with_exit_5(tmp_path: Path, prefix: str) -> None:
-    cfg, _ = _workers_config(tmp_path, prefix, f"redis://127.0.0.1:{free_port()}/0")
+    cfg, _ = workers_config(tmp_path, prefix, f"redis://127.0.0.1:{free_port()}/0")
     result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
     assert result.returncode == 5 and "Redis replay store does not answer" in result.stderr
 
 
 def test_redis_password_never_shown(tmp_path: Path) -> None:
-    cfg, _ = _workers_config(tmp_path, "p:", "redis://:hunter2-secret@127.0.0.1:6379/0")
+    cfg, _ = workers_config(tmp_path, "p:", "redis://:hunter2-secret@127.0.0.1:6379/0")
     result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
     assert result.returncode == 0
     assert "hunter2" not in result.stdout + result.stderr and ":***@127.0.0.1:6379" in result.stdout
@@ -219,14 +163,14 @@ def evicting_redis(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_redis_that_may_evict_replay_keys_is_refused_at_start(tmp_path: Path, evicting_redis: str) -> None:
-    cfg, _ = _workers_config(tmp_path, "p:", evicting_redis)
+    cfg, _ = workers_config(tmp_path, "p:", evicting_redis)
     result = run_cli("--config", str(cfg), "serve", cwd=tmp_path)
     assert result.returncode == 5
     assert "maxmemory-policy volatile-lru; it must be noeviction" in result.stderr
 
 
 def test_redis_password_in_the_query_is_never_shown(tmp_path: Path) -> None:
-    cfg, _ = _workers_config(tmp_path, "p:", "redis://127.0.0.1:6379/0?password=s3cret-in-query&db=0")
+    cfg, _ = workers_config(tmp_path, "p:", "redis://127.0.0.1:6379/0?password=s3cret-in-query&db=0")
     result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
     assert result.returncode == 0
     assert "s3cret" not in result.stdout + result.stderr and "password=***&db=0" in result.stdout
@@ -234,7 +178,7 @@ def test_redis_password_in_the_query_is_never_shown(tmp_path: Path) -> None:
 
 def test_a_percent_encoded_password_parameter_is_masked_too(tmp_path: Path) -> None:
     """The client decodes ?passw%6Frd= as password; the printed config must mask it as well."""
-    cfg, _ = _workers_config(tmp_path, "p:", "redis://127.0.0.1:6379/0?passw%6Frd=s3cret-encoded&db=0")
+    cfg, _ = workers_config(tmp_path, "p:", "redis://127.0.0.1:6379/0?passw%6Frd=s3cret-encoded&db=0")
     result = run_cli("--config", str(cfg), "check-config", "--json", cwd=tmp_path)
     assert result.returncode == 0
     assert "s3cret" not in result.stdout + result.stderr

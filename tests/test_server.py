@@ -7,10 +7,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,106 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.helpers import random_secret
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(tmp: Path, body: str) -> Path:
-    path = tmp / "gateway.toml"
-    path.write_text(body)
-    return path
-
-
-def loop_config(tmp: Path, sign: int, verify: int, echo: int, create: bool = True) -> Path:
-    return write_config(
-        tmp,
-        f"""
-[gateway]
-shutdown_grace_seconds = 5
-[keyrings.demo]
-path = "keyrings/demo.json"
-create = {str(create).lower()}
-[listeners.sign]
-port = {sign}
-[listeners.verify]
-port = {verify}
-[echo]
-port = {echo}
-[[routes]]
-name = "out"
-listener = "sign"
-mode = "sign"
-upstream = "http://127.0.0.1:{verify}"
-keyring = "demo"
-[[routes]]
-name = "in"
-listener = "verify"
-mode = "verify"
-upstream = "http://127.0.0.1:{echo}"
-keyring = "demo"
-""",
-    )
-
-
-class Proc:
-    def __init__(self, *args: str, cwd: Path) -> None:
-        self.stderr_path = cwd / f"stderr-{time.monotonic_ns()}.log"
-        self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=self._err
-        )
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def wait(self, timeout: float = 20) -> int:
-        try:
-            return self.popen.wait(timeout)
-        finally:
-            self._err.close()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()  # only our own child, by its pid
-            self.popen.wait(10)
-        self._err.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-async def get_json(url: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-async def wait_ready(port: int, proc: Proc, deadline: float = 20) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        assert proc.popen.poll() is None, proc.stderr
-        try:
-            if (await get_json(f"http://127.0.0.1:{port}/readyz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not ready in {deadline}s: {proc.stderr}")
+from tests.support import Proc, free_port, get_json, loop_config, run_cli, wait_ready, write_config
 
 
 async def test_demo_loop_runs_on_a_fresh_install(tmp_path: Path, procs: list[Proc]) -> None:
