@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,19 @@ from tests.helpers import REQUIRED, lib_message, lib_signer, lib_verifier, rando
 
 if TYPE_CHECKING:
     from tests.conftest import Gateway
+
+# -- waiting ----------------------------------------------------------------------------------
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``condition()`` holds: for things that happen on another connection or task
+    (a FIN reaching us, a background refresh), never for a time window (use the fake clock)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.005)
+
 
 # -- ports and raw HTTP ----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from gateway.observability import AccessLog
 from tests.conftest import Gateway, GatewayFactory, Recorder
 from tests.helpers import REQUIRED, FakeClock, random_secret
-from tests.support import free_port, lib_signed_headers, lib_verify_received, post, raw_http
+from tests.support import eventually, free_port, lib_signed_headers, lib_verify_received, post, raw_http
 
 # -- outbound: sign listener ------------------------------------------------------------------
 
@@ -264,10 +264,7 @@ async def test_new_key_added_to_file_is_accepted_without_restart(
     status, doc, _ = await post(url, data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v3"))
     assert doc["reason"] == "unknown_key"  # ...and that triggered one early refresh
     cache = gw.runtime.caches["ring"]
-    for _ in range(200):
-        if cache.keyring is not None and cache.keyring.get("key-v3") is not None:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: cache.keyring is not None and cache.keyring.get("key-v3") is not None)
     status, _, _ = await post(url, data=b'{"amount": 42}', headers=lib_signed_headers(gw, "key-v3"))
     assert status == 200
     assert upstream.received[-1].headers["X-Gateway-Key-Id"] == "key-v3"

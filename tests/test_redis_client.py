@@ -16,7 +16,7 @@ from gateway.errors import Reason, RequestRejected
 from gateway.replay import replay_key
 from gateway.replay.redis import RedisReplayStore
 from gateway.replay.resp import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable, encode_command
-from tests.support import REDIS_URL, free_port, private_redis, run_cli, workers_config
+from tests.support import REDIS_URL, eventually, free_port, private_redis, run_cli, workers_config
 
 pytestmark = pytest.mark.usefixtures("redis_is_running")
 
@@ -144,10 +144,7 @@ async def test_auth_and_select(password_redis: int) -> None:
 async def test_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "redis.sock"
     with private_redis(tmp_path, "--unixsocket", str(sock), "--unixsocketperm", "700"):
-        for _ in range(100):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(sock.exists)
         store = RedisReplayStore(f"unix://{sock}?db=1")
         try:
             assert await store.remember(replay_key("r", "k", "n"), 10) is True
@@ -197,7 +194,7 @@ async def test_a_connection_killed_by_redis_is_replaced(tmp_path: Path) -> None:
         try:
             assert await client.execute(b"CLIENT", b"SETNAME", b"hmac-gateway-test") == b"OK"
             redis.Redis.from_url(url).client_kill_filter(_type="normal", skipme=True)
-            await asyncio.sleep(0.05)  # the close reaches us
+            await eventually(lambda: client._protocol is None or client._protocol.closed)  # the close reaches us
             assert await client.execute(b"PING") == b"PONG"
             assert client.connections_made == 2
         finally:
@@ -215,8 +212,7 @@ async def test_a_reply_nobody_asked_for_drops_the_connection() -> None:
     client = RedisClient(f"redis://127.0.0.1:{port}/0", timeout=0.5)
     try:
         assert await client.execute(b"PING") == b"PONG"
-        await asyncio.sleep(0.05)
-        assert client._protocol is not None and client._protocol.closed
+        await eventually(lambda: client._protocol is not None and client._protocol.closed)
     finally:
         await client.close()
         server.close()
@@ -243,8 +239,7 @@ async def test_a_failed_handshake_leaves_no_socket_behind() -> None:
         for _ in range(3):
             with pytest.raises(RedisUnavailable):
                 await client.execute(b"PING")
-        await asyncio.sleep(0.05)
-        assert (accepted, closed) == (3, 3)
+        await eventually(lambda: (accepted, closed) == (3, 3))
     finally:
         await client.close()
         server.close()
