@@ -8,20 +8,28 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import redis
+from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway import config as config_mod
+from gateway.echo import build_echo_app
+from gateway.observability import ParserRefusalFilter
+from gateway.server import Bound, run
 from tests.helpers import REQUIRED, lib_message, lib_signer, lib_verifier, random_secret
 
 if TYPE_CHECKING:
@@ -145,6 +153,86 @@ async def wait_ready(port: int, proc: Proc, deadline: float = 20) -> None:
             pass
         await asyncio.sleep(0.05)
     raise AssertionError(f"not ready in {deadline}s: {proc.stderr}")
+
+
+# -- a gateway in a thread ---------------------------------------------------------------------
+
+
+class ErrorRecords(logging.Handler):
+    """Collects ERROR records (tracebacks included) from the gateway's and aiohttp's loggers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class LiveGateway:
+    ports: dict[str, int]
+    errors: ErrorRecords
+
+
+@contextlib.contextmanager
+def live_gateway(make_raw: Callable[[str], dict[str, Any]], base_dir: Path) -> Iterator[LiveGateway]:
+    """``gateway.server.run`` (what ``serve`` runs) on its own event loop in a thread, with the
+    echo app as its upstream: for tests that talk raw sockets to it from synchronous code.
+    ``make_raw(upstream_url)`` returns the config dict."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ready: asyncio.Future[list[Bound]] = loop.create_future()
+    errors = ErrorRecords()
+    refusals = ParserRefusalFilter()  # what serve installs on aiohttp's server log
+    logging.getLogger("gateway").addHandler(errors)
+    logging.getLogger("aiohttp.server").addFilter(refusals)
+    logging.getLogger("aiohttp.server").addHandler(errors)
+
+    async def main() -> None:
+        echo = web.AppRunner(build_echo_app())
+        await echo.setup()
+        await web.TCPSite(echo, "127.0.0.1", 0).start()
+        try:
+            raw = make_raw(f"http://127.0.0.1:{echo.addresses[0][1]}")
+            await run(config_mod.parse(raw, base_dir=base_dir), stop, on_ready=ready)
+        finally:
+            await echo.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        bound = asyncio.run_coroutine_threadsafe(asyncio.wait_for(asyncio.shield(ready), 10), loop).result()
+        yield LiveGateway({b.name: b.port for b in bound}, errors)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        logging.getLogger("gateway").removeHandler(errors)
+        logging.getLogger("aiohttp.server").removeHandler(errors)
+        logging.getLogger("aiohttp.server").removeFilter(refusals)
+
+
+def exchange(port: int, request: bytes, *, half_close: bool = False, timeout: float = 10) -> bytes:
+    """One request on a new connection; the whole reply (the caller sends Connection: close;
+    a reply that ends without EOF is returned once ``timeout`` passes with nothing more)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            except TimeoutError:
+                if not chunks:  # a client that asked for keep-alive got its answer, but no EOF
+                    raise
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # -- aiohttp client and the other library ---------------------------------------------------

@@ -114,3 +114,34 @@ async def test_client_closing_mid_body_is_one_warning_line_and_nothing_upstream(
     assert [(a["listener"], a["level"], a["status"]) for a in aborted] == [("sign", "warning", 499)]
     assert upstream.received == []
     assert _tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"CONNECT /cb HTTP/1.1", b"CONNECT 127.0.0.1:22 HTTP/1.1", b"OPTIONS * HTTP/1.1", b"GET http://x/y HTTP/1.1"],
+)
+@pytest.mark.parametrize("expect", [b"100-continue", b"\xff"])
+async def test_pathless_targets_with_expect_meet_the_edge_too(
+    make_gateway: GatewayFactory,
+    upstream: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    request_line: bytes,
+    expect: bytes,
+) -> None:
+    """aiohttp routes these to a system route whose Expect handling runs before any middleware."""
+    gw = await make_gateway()
+    with caplog.at_level(logging.WARNING):
+        reply = await _exchange(
+            gw.port("sign"),
+            request_line + b"\r\nHost: a\r\nExpect: " + expect + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        for _ in range(10):  # and the client that leaves at once
+            await _exchange(
+                gw.port("sign"),
+                request_line + b"\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+                half_close=True,
+            )
+    status = int(reply.split(b" ", 2)[1])
+    assert status in (400, 405, 417) and b"application/problem+json" in reply, reply[:300]
+    assert upstream.received == []
+    assert _tracebacks(caplog) == []

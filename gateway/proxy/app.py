@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import web, web_urldispatcher
 
 from gateway.config import ListenerConfig
 from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
@@ -158,7 +158,36 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     if listener.health_endpoints:
         add_ops_routes(app, runtime, _REQUEST_ID, _defer_expect)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=_defer_expect)
+    app.router.register_resource(_PathlessTargets(dispatch))
     return app
+
+
+class _PathlessRule(web_urldispatcher.AbstractRuleMatching):
+    async def match(self, request: web.Request) -> bool:
+        return request.method == "CONNECT" or not request.raw_path.startswith("/")
+
+    def get_info(self) -> web_urldispatcher._InfoDict:  # aiohttp's own (private) annotation
+        return {"path": self.canonical}
+
+    @property
+    def canonical(self) -> str:
+        return "<pathless>"
+
+
+class _PathlessTargets(web_urldispatcher.MatchedSubAppResource):
+    """CONNECT (authority-form), ``OPTIONS *`` and absolute-form targets match no path, so aiohttp
+    would route them to a system route whose ``Expect`` handling runs before any middleware (a
+    traceback on a closing transport, a 500 on a non-UTF-8 value). The router asks this kind of
+    resource before path routing: such requests reach the edge middleware, which refuses them."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__(_PathlessRule(), web.Application())  # an empty sub-app: nothing is mounted
+        self._route = web_urldispatcher.ResourceRoute("*", handler, self, expect_handler=_defer_expect)
+
+    async def resolve(self, request: web.Request) -> tuple[web_urldispatcher.UrlMappingMatchInfo | None, set[str]]:
+        if not await self._rule.match(request):
+            return None, set()
+        return web_urldispatcher.UrlMappingMatchInfo({}, self._route), set()
 
 
 async def _defer_expect(request: web.Request) -> None:
