@@ -31,10 +31,12 @@ from gateway.rotation import (
     RotationRefused,
     Step,
     apply,
+    check_invariants,
     new_key_id,
     plan,
     propagation_delay_for,
 )
+from gateway.rotation.policy import replay
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 DAY = 86400.0
@@ -282,8 +284,10 @@ def test_promote_at_exactly_the_propagation_delay(offset: int) -> None:
 
 def test_promote_needs_a_pending_key_with_a_known_age() -> None:
     refused(Refusal.NOTHING_PENDING, doc(primary()), T0, Request(Step.PROMOTE))
-    ring = doc(primary(), {"id": "b", "state": "pending"})
+    ring = doc(primary("a", T0 - 40 * DAY), {"id": "b", "state": "pending"})
     refused(Refusal.PENDING_SINCE_UNKNOWN, ring, T0 + DAY, Request(Step.PROMOTE))
+    quiet = run(ring, T0 + DAY)  # cron neither promotes it nor adds a second pending key
+    assert not quiet.changed and "never promoted on its own" in quiet.notes[0]
 
 
 def test_a_shorter_overlap_needs_the_override_and_the_plan_records_it() -> None:
@@ -524,26 +528,53 @@ def tampered(p: Plan, *actions: Action) -> Plan:
 
 def test_apply_checks_every_transition_and_invariant_even_for_a_forged_plan() -> None:
     ring = doc(retiring("r", T0 + DAY), primary("a"), pending("b", T0))
-    p = run(ring, T0 + DELAY)
     at = T0 + 1
-    forged = [
-        (Action(ActionKind.REMOVE, ("r",), at, RETIRING, None),),  # before expiry
-        (
-            Action(ActionKind.DEMOTE, ("a",), at, PRIMARY, RETIRING, T0 + DAY),
-            Action(ActionKind.PROMOTE, ("b",), at, PENDING, PRIMARY),
-        ),  # early
-        (Action(ActionKind.DEMOTE, ("a",), at, PRIMARY, RETIRING, at),),  # no primary left
-        (Action(ActionKind.PROMOTE, ("b",), at, PENDING, PRIMARY),),  # two primaries
-        (Action(ActionKind.DISCARD, ("b",), at, PENDING, None),),  # pending dropped outside an emergency
-        (
+    p = dataclasses.replace(run(ring, T0 + DELAY), now=at)
+    demote_a = Action(ActionKind.DEMOTE, ("a",), at, PRIMARY, RETIRING, T0 + DAY)
+    forged = {
+        "removed before expiry": (Action(ActionKind.REMOVE, ("r",), at, RETIRING, None),),
+        "signs before verifiers hold it": (demote_a, Action(ActionKind.PROMOTE, ("b",), at, PENDING, PRIMARY)),
+        "no primary": (demote_a,),
+        "two primaries": (Action(ActionKind.PROMOTE, ("b",), at, PENDING, PRIMARY),),
+        "pending dropped": (Action(ActionKind.DISCARD, ("b",), at, PENDING, None),),
+        "overlap too short": (
             Action(ActionKind.DEMOTE, ("a",), at, PRIMARY, RETIRING, at + 5),
             Action(ActionKind.REINSTATE, ("r",), at, RETIRING, PRIMARY),
-        ),  # too short
-        (Action(ActionKind.REMOVE, ("a",), at, RETIRING, None),),  # wrong source state
-    ]
-    for actions in forged:
+        ),
+        "wrong source state": (Action(ActionKind.REMOVE, ("a",), at, RETIRING, None),),
+        "mislabelled transition": (Action(ActionKind.REMOVE, ("r",), T0 + DAY, PENDING, None),),
+        "upgrade of a lifecycle document": (Action(ActionKind.UPGRADE, ("r",), at, expires_at=at),),
+    }
+    for what, actions in forged.items():
+        with pytest.raises(InvariantViolation):  # replay is what apply runs, before comparing results
+            replay(ring, tampered(p, *actions))
         with pytest.raises(InvariantViolation):
-            apply(ring, tampered(dataclasses.replace(p, now=at), *actions))
+            apply(ring, tampered(p, *actions))
+        assert what
+
+
+def test_the_invariant_checker_refuses_an_unsafe_successor_on_its_own() -> None:
+    before = doc(retiring("r", T0 + DAY), primary("a"), pending("b", T0))
+    p = dataclasses.replace(run(before, T0 + DELAY), now=T0 + 10)
+    unsafe = {
+        "expiry moved earlier": doc(retiring("r", T0 + 10), primary("a"), pending("b", T0)),
+        "retiring key lost": doc(primary("a"), pending("b", T0)),
+        "pending key lost": doc(retiring("r", T0 + DAY), primary("a")),
+        "pending signs early": doc(retiring("r", T0 + DAY), retiring("a", T0 + 2 * DAY), primary("b")),
+        "new key signs at once": doc(
+            retiring("r", T0 + DAY), retiring("a", T0 + 2 * DAY), pending("b", T0), primary("c")
+        ),
+        "demoted too briefly": doc(primary("r"), retiring("a", T0 + 11), pending("b", T0)),
+    }
+    for what, after in unsafe.items():
+        with pytest.raises(InvariantViolation):
+            check_invariants(before, after, p)
+        assert what
+    # an emergency may cut short the compromised primary and the pending key, never anything else
+    emergency = dataclasses.replace(p, step=Step.EMERGENCY)
+    check_invariants(before, doc(retiring("r", T0 + DAY), primary("c")), emergency)
+    with pytest.raises(InvariantViolation):
+        check_invariants(before, doc(primary("c")), emergency)
 
 
 # --- the whole thing, at random ----------------------------------------------------------------
@@ -566,7 +597,7 @@ STEP_REQUESTS = st.one_of(
     ),
     st.builds(Request, step=st.just(Step.ROLLBACK)),
 )
-GAPS = st.sampled_from([0.0, 1.0, 0.5, DELAY - 1, DELAY, 3600.0, DAY - 1, DAY, DAY + 1, 31 * DAY])
+GAPS = st.sampled_from([-DAY, -60.0, 0.0, 1.0, 0.5, DELAY - 1, DELAY, 3600.0, DAY - 1, DAY, DAY + 1, 31 * DAY])
 
 
 @settings(max_examples=300, deadline=None)

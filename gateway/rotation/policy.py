@@ -284,6 +284,8 @@ TRANSITIONS: dict[ActionKind, tuple[KeyState | None, KeyState | None]] = {
 def replay(keyring: Keyring, plan: Plan) -> Keyring:
     if not plan.actions:
         return keyring
+    if (plan.actions[0].kind is ActionKind.UPGRADE) != (keyring.format == "flat"):
+        raise InvariantViolation(f"keyring {keyring.name!r}: a flat map changes only after an upgrade, first")
     keys = {k.id: k for k in keyring.keys}
     for action in plan.actions:
         keys = transition(keys, action)
@@ -299,6 +301,8 @@ def transition(keys: dict[str, Key], action: Action) -> dict[str, Key]:
     keys = dict(keys)
     if action.kind is ActionKind.UPGRADE:
         for key_id in action.key_ids:
+            if keys[key_id].state is not RETIRING or keys[key_id].expires_at is not None:
+                raise InvariantViolation(f"upgrade {key_id}: only flat keys without expiry are given one")
             keys[key_id] = replace(keys[key_id], expires_at=action.expires_at)
         return keys
     (key_id,) = action.key_ids
@@ -325,27 +329,31 @@ def transition(keys: dict[str, Key], action: Action) -> dict[str, Key]:
 
 
 def check_invariants(before: Keyring, after: Keyring, plan: Plan) -> None:
-    """Raise InvariantViolation unless ``after`` is a safe successor of ``before`` under ``plan``."""
+    """Raise InvariantViolation unless ``after`` is a safe successor of ``before`` under ``plan``.
+    Only an emergency may cut a key short, and only the compromised primary or a pending key."""
     emergency = plan.step is Step.EMERGENCY
+    exempt = {k.id for k in before.keys if k.state is not RETIRING} if emergency else set()
     primaries = [k for k in after.keys if k.state is PRIMARY]
     if len(primaries) != 1 or after.signing_key.state is not PRIMARY or after.signing_key.expires_at is not None:
         raise InvariantViolation(f"keyring {after.name!r}: needs exactly one primary key without expiry")
     for key in after.keys:
         old = before.get(key.id)
-        if old is not None and (old.material, old.secret) != (key.material, key.secret):
+        if old is None:
+            if key.state is not (PRIMARY if emergency else PENDING):
+                raise InvariantViolation(f"key {key.id}: a new key enters as pending")
+            continue
+        if (old.material, old.secret) != (key.material, key.secret):
             raise InvariantViolation(f"key {key.id}: material changed")
         if key.state is RETIRING and key.expires_at is None:
             raise InvariantViolation(f"key {key.id}: retiring without expires_at")
-        if old is not None and key.expires_at is not None and not emergency:
-            floor = key.expires_at if old.expires_at is not None else plan.now + plan.policy.overlap_floor
-            if key.expires_at < min(old.expires_at or math.inf, floor):
-                raise InvariantViolation(f"key {key.id}: would stop verifying before senders have moved on")
-        if key.state is PRIMARY and (old is None or old.state is PENDING) and not emergency:
-            waited = plan.now - (old.created_at if old and old.created_at is not None else math.inf)
-            if waited < plan.policy.propagation_delay:
-                raise InvariantViolation(f"key {key.id}: signs before every verifier holds it")
+        limit = old.expires_at if old.expires_at is not None else plan.now + plan.policy.overlap_floor
+        if key.expires_at is not None and key.expires_at < limit and key.id not in exempt:
+            raise InvariantViolation(f"key {key.id}: would stop verifying before senders have moved on")
+        waited = plan.now - (old.created_at if old.created_at is not None else math.inf)
+        if key.state is PRIMARY and old.state is PENDING and waited < plan.policy.propagation_delay:
+            raise InvariantViolation(f"key {key.id}: signs before every verifier holds it")
     for old in before.keys:
-        if after.get(old.id) is None and old.verifies_at(plan.now) and not emergency:
+        if after.get(old.id) is None and old.verifies_at(plan.now) and old.id not in exempt:
             raise InvariantViolation(f"key {old.id}: removed while it still verifies")
 
 
