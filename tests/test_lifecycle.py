@@ -137,7 +137,7 @@ def roundtrip(ring: Keyring, policy: Policy = POLICY) -> Keyring:
 
 
 def run(ring: Keyring, now: float, request: Request | None = None, policy: Policy = POLICY, seed: int = 7) -> Plan:
-    return plan(ring, now, policy, request, random=rng(seed))
+    return plan(ring, now, policy, request, random=rng(seed * 1_000_003 + int(now)))  # fresh bytes at each time
 
 
 def step(ring: Keyring, now: float, request: Request | None = None, policy: Policy = POLICY) -> tuple[Keyring, Plan]:
@@ -239,6 +239,9 @@ def test_add_imports_a_partner_secret_checked_like_any_other() -> None:
     assert "s3cr3t-short" not in str(short) and "at least 32" in str(short)
     refused(Refusal.INVALID_SECRET, ring, T0, Request(Step.ADD, secret="zz" * 32, encoding="hex"))
     refused(Refusal.INVALID_REQUEST, ring, T0, Request(Step.PROMOTE, secret="q" * 40))
+    # a "new" key that is an old one under another name (say, the compromised one) is no rotation
+    reused = Request(Step.EMERGENCY, reason="leak", secret=secret_for("a"))
+    assert "reuse the material of key a" in str(refused(Refusal.INVALID_SECRET, ring, T0, reused))
 
 
 def test_add_refuses_a_second_pending_key_and_says_when_promotion_is_possible() -> None:

@@ -14,6 +14,7 @@ compromised key's expiry rounds down), so the document round-trips through RFC 3
 from __future__ import annotations
 
 import base64
+import hmac
 import math
 import secrets
 from collections.abc import Callable
@@ -167,6 +168,8 @@ class _Work:
             material = decode_material(secret, encoding, keyring=self.keyring.name, key_id=key_id)
         except KeyringFormatError as exc:  # its message names the key id, never the secret
             raise RotationRefused(Refusal.INVALID_SECRET, str(exc)) from None
+        if twin := next((k.id for k in self.keys.values() if hmac.compare_digest(k.material, material)), None):
+            raise RotationRefused(Refusal.INVALID_SECRET, f"key {key_id!r} would reuse the material of key {twin}")
         stored = None if encoding == policy.encoding == "raw" else encoding
         stamp = math.ceil(self.now)
         return Key(key_id, material, PENDING, secret=secret, encoding=stored, created_at=stamp)
