@@ -184,6 +184,9 @@ def _check_key_id(name: str, key_id: str) -> None:
         )
 
 
+check_key_id = _check_key_id  # the controller checks a requested key id by the same rule
+
+
 def dump_lifecycle(keyring: Keyring) -> str:
     """Serialise as a lifecycle document (the format the controller writes)."""
     entries = []
