@@ -18,7 +18,21 @@ Invariants:
   for an upgrade; malformed answers (bad framing, duplicate ``Content-Length``) are refused by
   llhttp, not guessed at;
 - reading pauses when more than ``_HIGH_WATER`` bytes wait for the client, so a fast upstream
-  streaming to a slow client costs bounded memory.
+  streaming to a slow client costs bounded memory;
+- a response head is bounded (``http1_head.HeadLimits``): bytes are counted *before* llhttp
+  sees them, so the first byte past a limit stops parsing and the connection is closed;
+- a connection never waits forever on our client either (``write_to_client``): each write
+  towards the client ends within ``write_timeout``, and within ``busy_write_timeout`` of its
+  start once another request waits for a connection at the pool's limit.
+
+Why evict stalled relays instead of capping connections per client: behind a load balancer
+every client shares one address, so a per-address cap would throttle everyone alike, while a
+relay whose client has taken no data for ``busy_write_timeout`` is, by construction, a
+connection held for nobody. Each request that has to wait for room brings forward the deadline
+of the relay stalled longest (one per waiter), so a crowd of non-reading clients cannot hold
+the pool against newcomers for longer than ``busy_write_timeout``; a slow but reading client
+only loses its connection while others are actually waiting. Waiting for room stays bounded
+by ``connect_timeout`` (504 ``upstream_timeout``, detail "no connection ... became free").
 """
 
 from __future__ import annotations
@@ -26,38 +40,39 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Awaitable
 
 import httptools
 
 from gateway.errors import Reason
+from gateway.proxy.http1_head import (
+    HeadLimits,
+    ResponseHead,
+    UpstreamError,
+    check_status_line,
+    final_head,
+    request_head,
+    unavailable,
+)
+
+__all__ = [
+    "IDEMPOTENT",
+    "ConnectionPool",
+    "HeadLimits",
+    "Http1Connection",
+    "ResponseHead",
+    "UpstreamError",
+    "request_head",
+]
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _IDLE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is kept (aiohttp's default too)
+WRITE_TIMEOUT = 30.0  # seconds one write towards our client may take (the client took no data)
+BUSY_WRITE_TIMEOUT = 1.0  # the same while another request waits for a connection at the limit
+DEFAULT_HEAD_LIMITS = HeadLimits()
 # RFC 9110 §9.2.2: safe to send again when a reused connection turns out to be closed.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, did not answer in time, or answered nonsense."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def _unavailable(detail: str) -> UpstreamError:
-    return UpstreamError(Reason.UPSTREAM_UNAVAILABLE, detail)
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    content_length: int | None
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -79,9 +94,14 @@ class Http1Connection(asyncio.Protocol):
         self._loop = pool.loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._limits = pool.head_limits
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        # Set while the relay waits for its client to take data; the pool may bring it forward.
+        self.client_wait: asyncio.Timeout | None = None
+        self.client_wait_since = 0.0
+        self.pressed = False
         self._reset()
 
     def _reset(self) -> None:
@@ -91,6 +111,9 @@ class Http1Connection(asyncio.Protocol):
         self._error: UpstreamError | None = None
         self._status = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0  # of every head so far in this exchange, interim ones included
+        self._framing = 0  # bytes since the last piece of body: chunk lines, extensions, trailers
+        self._fed_body = 0
         self._head: ResponseHead | None = None
         self._interim = False
         self._chunks: list[bytes] = []
@@ -125,7 +148,7 @@ class Http1Connection(asyncio.Protocol):
         self._head_only = method == "HEAD"
         transport = self._transport
         if transport is None or not self.usable:
-            self._error = _unavailable("the upstream closed the connection")
+            self._error = unavailable("the upstream closed the connection")
             return  # read_head raises it; a reused connection is retried by the caller
         if len(body) <= 65536:
             transport.write(head + body if body else head)  # one segment for the usual request
@@ -201,12 +224,33 @@ class Http1Connection(asyncio.Protocol):
             return
         self.got_data = True
         try:
+            if self._head is None:
+                room = self._limits.max_head_bytes - self._head_bytes
+                if len(data) > room:
+                    # Feed only what may still be head: the rest is body if the head ends in it.
+                    self._parser.feed_data(data[:room])
+                    if self._head is None and self._error is None:
+                        self._fail(unavailable("the upstream sent a response head over our size limit"))
+                        self.close()
+                        return
+                    data = data[room:]
+                else:
+                    self._head_bytes += len(data)
+                self._parser.feed_data(data)
+                return
+            self._fed_body = 0
             self._parser.feed_data(data)
+            # httptools buffers a trailer field whole before handing it over: bound what arrives
+            # between two pieces of body as we bound a head.
+            self._framing = 0 if self._fed_body else self._framing + len(data)
+            if self._framing > self._limits.max_head_bytes and not self._complete:
+                self._fail(unavailable("the upstream sent chunk framing or trailers over our size limit"))
+                self.close()
         except httptools.HttpParserCallbackError:
-            self._fail(self._error or _unavailable("the upstream sent an answer we do not accept"))
+            self._fail(self._error or unavailable("the upstream sent an answer we do not accept"))
             self.close()
         except httptools.HttpParserError:
-            self._fail(_unavailable("the upstream sent a malformed response"))
+            self._fail(unavailable("the upstream sent a malformed response"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -220,62 +264,53 @@ class Http1Connection(asyncio.Protocol):
                 self._complete = True  # the body ran to the end of the connection
                 self._wake()
             else:
-                self._fail(_unavailable("the upstream closed the connection"))
+                self._fail(unavailable("the upstream closed the connection"))
 
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self._complete:
             self._stray = True
+            raise RuntimeError  # a second answer nobody asked for: stop parsing, never reuse
         self._status = b""
         self._raw_headers = []
 
     def on_status(self, status: bytes) -> None:
         self._status += status
+        if len(self._status) > self._limits.max_reason_bytes:
+            self._error = unavailable("the upstream sent a status line over our size limit")
+            raise RuntimeError
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._raw_headers) >= self._limits.max_headers:
+            self._error = unavailable("the upstream sent more response headers than we accept")
+            raise RuntimeError
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._complete:
             return
-        status = self._parser.get_status_code()
-        if status < 200:
-            if status == 101:
-                self._error = _unavailable("the upstream switched protocols, which was not asked for")
-                raise RuntimeError  # stops llhttp; data_received turns it into the error above
-            self._interim = True  # 100 Continue, 102, 103: the real answer follows
-            return
-        length: int | None = None
-        chunked = False
-        connection_close = False
-        headers: list[tuple[str, str]] = []
+        parser = self._parser
+        status = parser.get_status_code()
         try:
-            for raw_name, raw_value in self._raw_headers:
-                name = raw_name.decode("ascii")
-                value = raw_value.decode("utf-8")
-                lower = name.lower()
-                if lower == "content-length":
-                    length = int(value)
-                elif lower == "transfer-encoding":
-                    # RFC 9112 §6.3: chunked framing only when chunked is the *last* coding (llhttp
-                    # agrees); otherwise the body runs to the end of the connection.
-                    chunked = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
-                elif lower == "connection":
-                    connection_close = connection_close or "close" in value.lower()
-                headers.append((name, value))
-        except (UnicodeDecodeError, ValueError):
-            self._error = _unavailable("the upstream sent a response header we cannot relay (not UTF-8)")
-            raise RuntimeError from None
-        bodyless = self._head_only or status in (204, 304)
-        self._close_delimited = not bodyless and length is None and not chunked
-        self._keep_alive = self._parser.get_http_version() == "1.1" and not connection_close
-        self._head = ResponseHead(status, self._status.decode("latin-1"), headers, length)
+            check_status_line(status, parser.get_http_version(), self._status)
+            if status < 200:
+                self._interim = True  # 100 Continue, 102, 103: the real answer follows
+                return
+            version = parser.get_http_version()
+            final = final_head(status, version, self._status, self._raw_headers, head_only=self._head_only)
+        except UpstreamError as exc:
+            self._error = exc
+            raise RuntimeError from None  # stops llhttp; data_received turns it into the error above
+        self._close_delimited = final.close_delimited
+        self._keep_alive = final.keep_alive
+        self._head = final.head
         if self._head_only:
             self._complete = True  # llhttp cannot know a HEAD answer has no body; we do
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self._fed_body += len(body)
         if self._complete:
             return
         self._chunks.append(body)
@@ -308,6 +343,9 @@ class ConnectionPool:
         limit: int = 256,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float = _IDLE_TIMEOUT,
+        head_limits: HeadLimits = DEFAULT_HEAD_LIMITS,
+        write_timeout: float = WRITE_TIMEOUT,
+        busy_write_timeout: float = BUSY_WRITE_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
@@ -316,6 +354,9 @@ class ConnectionPool:
         self.limit = limit
         self.ssl_context = ssl_context
         self.idle_timeout = idle_timeout
+        self.head_limits = head_limits
+        self.write_timeout = write_timeout
+        self.busy_write_timeout = busy_write_timeout
         self.loop = asyncio.get_running_loop()
         self._idle: deque[Http1Connection] = deque()
         self._open: set[Http1Connection] = set()
@@ -348,6 +389,7 @@ class ConnectionPool:
     async def _wait_for_room(self, deadline: float) -> None:
         waiter = self.loop.create_future()
         self._waiters.append(waiter)
+        self._press()
         timer = self.loop.call_at(deadline, _expire_wait, waiter)
         try:
             await waiter
@@ -378,7 +420,7 @@ class ConnectionPool:
                 detail = "the upstream did not accept a connection in time"
                 raise UpstreamError(Reason.UPSTREAM_TIMEOUT, detail) from None
             if isinstance(exc, (OSError, ssl.SSLError)):
-                raise _unavailable("the upstream could not be reached") from None
+                raise unavailable("the upstream could not be reached") from None
             raise
         self._connecting -= 1
         self.connections_made += 1
@@ -387,6 +429,36 @@ class ConnectionPool:
         else:  # already gone (connection_lost ran first): its slot is free
             self._room()
         return conn
+
+    async def write_to_client(self, conn: Http1Connection, write: Awaitable[object]) -> None:
+        """Await ``write`` (towards the client ``conn``'s answer is relayed to) within
+        ``write_timeout``, or ``busy_write_timeout`` while others wait for room; ``TimeoutError``
+        after that, and the caller must then drop both the client and ``conn``."""
+        limit = self.busy_write_timeout if self._waiters else self.write_timeout
+        async with asyncio.timeout(limit) as deadline:
+            conn.client_wait = deadline
+            conn.client_wait_since = self.loop.time()
+            conn.pressed = False
+            try:
+                await write
+            finally:
+                conn.client_wait = None
+
+    def _press(self) -> None:
+        """A request waits for room: the relay whose client has taken nothing for longest gets
+        ``busy_write_timeout`` from the start of its write (one relay per waiter)."""
+        victim: Http1Connection | None = None
+        for conn in self._open:
+            stalled = conn.client_wait is not None and not conn.pressed
+            if stalled and (victim is None or conn.client_wait_since < victim.client_wait_since):
+                victim = conn
+        if victim is None or victim.client_wait is None:
+            return
+        victim.pressed = True
+        when = max(self.loop.time(), victim.client_wait_since + self.busy_write_timeout)
+        current = victim.client_wait.when()
+        if current is None or when < current:
+            victim.client_wait.reschedule(when)
 
     def release(self, conn: Http1Connection) -> None:
         """Back to the pool after a complete, keep-alive answer; anything else is closed."""
@@ -419,24 +491,3 @@ class ConnectionPool:
             conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let connection_lost run
-
-
-def request_head(method: str, target: str, authority: str, headers: list[tuple[str, str]], body_length: int) -> bytes:
-    """The request line and header block, bytes as the client sent them (surrogateescape).
-
-    Raises ``ValueError`` on CR, LF or NUL in any part: it would split the request.
-    """
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
-    for name, value in headers:
-        lines.append(f"{name}: {value}\r\n")
-    if body_length or method not in _BODYLESS_METHODS:
-        lines.append(f"Content-Length: {body_length}\r\n")
-    lines.append("\r\n")
-    text = "".join(lines)
-    # Exactly one LF per line and no CR or NUL elsewhere: nothing can end a line early.
-    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1 or "\0" in text:
-        raise ValueError("CR, LF or NUL in the request head")
-    return text.encode("utf-8", "surrogateescape")
-
-
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
