@@ -207,6 +207,9 @@ class Http1Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, error: UpstreamError) -> None:
+        if self._complete:
+            self._stray = True  # the answer is whole; what broke came after it and is no answer
+            return
         if self._error is None:
             self._error = error
         self._wake()
