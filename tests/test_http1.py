@@ -654,6 +654,7 @@ async def test_a_header_flood_is_cut_off_early_and_answered_502(make_gateway: Ga
         (b"HTTP/0.9 200 OK\r\nContent-Length: 2\r\n\r\nok", "HTTP/0.9"),
         (b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n" + NEXT, "status under 100"),
         (b"HTTP/1.1 600 High\r\nContent-Length: 2\r\n\r\nok", "status over 599"),
+        (b"HTTP/1.1 199 Odd\r\nContent-Length: 1\r\n\r\nX" + NEXT, "a 1xx with a body (found by the fuzzer)"),
         (b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nnext", "204 announcing a body"),
         (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnext\r\n0\r\n\r\n", "204 chunked"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "CL and TE"),

@@ -316,6 +316,11 @@ class Http1Connection(asyncio.Protocol):
         self._fed_body += len(body)
         if self._complete:
             return
+        if self._interim:
+            # RFC 9112 §6.3: a 1xx answer ends with its head; llhttp reads a body for some (199
+            # with a Content-Length). Whose framing is right is unknowable: refuse, never relay it.
+            self._error = unavailable("the upstream sent a body with an interim (1xx) answer")
+            raise RuntimeError
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered >= _HIGH_WATER and not self._paused and not self._unbounded and self._transport is not None:
