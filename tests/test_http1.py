@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import Reason
-from gateway.proxy.http1 import ConnectionPool, HeadLimits, UpstreamError, request_head
+from gateway.proxy.http1_head import HeadLimits, UpstreamError, request_head
+from gateway.proxy.pool import ConnectionPool
 from tests.conftest import GatewayFactory
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

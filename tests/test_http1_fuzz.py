@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import httptools
 
 from gateway.errors import Reason
-from gateway.proxy.http1 import ConnectionPool, HeadLimits, UpstreamError, request_head
+from gateway.proxy.http1_head import HeadLimits, UpstreamError, request_head
+from gateway.proxy.pool import ConnectionPool
 
 CASES = int(os.environ.get("HTTP1_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("HTTP1_FUZZ_SEED", "9"))

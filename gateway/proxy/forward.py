@@ -9,7 +9,7 @@ Invariants:
   (504) with no internal detail; nothing is shared between clients (no cookie jar);
 - once an answer has started, a failure aborts the client connection (``UpstreamAborted``);
 - a client that takes no data for ``write_timeout`` (or ``busy_write_timeout`` while others wait
-  for an upstream connection, see ``http1``) is dropped (``ClientStalled``) and the upstream
+  for an upstream connection, see ``pool``) is dropped (``ClientStalled``) and the upstream
   connection closed, never returned to the pool half-read;
 - an upstream response head past ``max_response_headers`` / ``max_response_head_bytes`` /
   ``max_reason_bytes`` is ``upstream_unavailable`` (502), read no further, its connection closed.
@@ -26,18 +26,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import Reason, RequestRejected
-from gateway.proxy.http1 import (
-    BUSY_WRITE_TIMEOUT,
-    IDEMPOTENT,
-    WRITE_TIMEOUT,
-    ConnectionPool,
+from gateway.proxy.http1 import IDEMPOTENT, Http1Connection
+from gateway.proxy.http1_head import (
+    MAX_REASON_BYTES,
+    MAX_RESPONSE_HEAD_BYTES,
+    MAX_RESPONSE_HEADERS,
     HeadLimits,
-    Http1Connection,
     ResponseHead,
     UpstreamError,
     request_head,
 )
-from gateway.proxy.http1_head import MAX_REASON_BYTES, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS
+from gateway.proxy.pool import BUSY_WRITE_TIMEOUT, WRITE_TIMEOUT, ConnectionPool
 from gateway.signing.rfc9421 import HOP_BY_HOP
 
 _BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are relayed in one piece
@@ -89,7 +88,7 @@ class UpstreamTarget:
 
 
 class Upstream:
-    """One upstream: its pooled connections (``http1.ConnectionPool``) and how to relay an answer."""
+    """One upstream: its pooled connections (``pool.ConnectionPool``) and how to relay an answer."""
 
     def __init__(
         self,
