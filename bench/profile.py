@@ -38,7 +38,7 @@ GROUPS: Sequence[tuple[str, str]] = (
     ("read_body (gateway)", r"^read_body \(gateway"),
     (
         "upstream client (gateway/proxy/http1.py; aiohttp's client for the baseline)",
-        r"\((gateway/proxy/http1\.py|aiohttp/(client|client_reqrep|connector|client_proto)\.py)",
+        r"\((gateway/proxy/(http1|http1_head|pool)\.py|aiohttp/(client|client_reqrep|connector|client_proto)\.py)",
     ),
     ("response streaming back (StreamResponse)", r"\(aiohttp/(web_response|http_writer)\.py"),
     ("aiohttp server: parse + dispatch", r"\(aiohttp/(web_protocol|web_app|web_urldispatcher|http_parser)\.py"),

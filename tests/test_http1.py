@@ -11,9 +11,11 @@ upstream's whole answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import Reason
-from gateway.proxy.http1 import ConnectionPool, UpstreamError, request_head
+from gateway.proxy.http1_head import HeadLimits, UpstreamError, request_head
+from gateway.proxy.pool import ConnectionPool
 from tests.conftest import GatewayFactory
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -515,4 +518,287 @@ async def test_connections_are_pooled_through_the_gateway(
             async with session.get(gw.url("sign", "/x")) as resp:
                 assert resp.status == 200
     pool = next(iter(gw.runtime.upstreams.values())).pool
+    assert pool.connections_made == 1
+
+
+# -- bounded answers (issue 9: an upstream flooding headers) ----------------------------------
+
+NEXT = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CHUNKED_OK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"  # trailers to follow
+
+
+def first_then_clean(first: bytes) -> RawHandler:
+    """Answers the first request the server ever sees with ``first`` (in one write), every later
+    one, on any connection, with ``NEXT``: a reused connection shows as leftovers of ``first``."""
+    answered = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while await read_request(reader):
+            answered += 1
+            writer.write(first if answered == 1 else NEXT)
+            await writer.drain()
+        writer.close()
+
+    return handler
+
+
+def _headers(count: int, value: bytes = b"v") -> bytes:
+    return b"".join(b"X-H%d: %s\r\n" % (i, value) for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("answer", "accepted"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + _headers(99) + b"Content-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\n" + _headers(100) + b"Content-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"v" * (64 * 1024 - 60) + b"\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"v" * (64 * 1024) + b"\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.1 200 " + b"O" * 512 + b"\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 " + b"O" * 513 + b"\r\nContent-Length: 2\r\n\r\nok", False),
+        # interim heads count towards the same byte budget
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 2000 + OK, False),
+        # trailers are buffered whole by httptools: bounded like a head (give or take one read)
+        (CHUNKED_OK + b"X: " + b"v" * 1_000_000 + b"\r\n\r\n", False),
+        (CHUNKED_OK + b"X: " + b"v" * 1000 + b"\r\n\r\n", True),
+    ],
+    ids=["99+1 headers", "100+1 headers", "head under 64K", "head over 64K", "reason 512", "reason 513",
+         "2000 interims", "huge trailer", "small trailer"],
+)  # fmt: skip
+async def test_response_heads_are_bounded(raw_server: Any, answer: bytes, accepted: bool) -> None:
+    """Defaults: 100 header fields, 64 KiB of head, 512 bytes of reason; past them 502 and the
+    connection is never reused (the next request gets its own answer)."""
+    pool = await make_pool(await raw_server(first_then_clean(answer)), read_timeout=1.0)
+    if accepted:
+        assert (await exchange(pool))[2] == b"ok"
+    else:
+        with pytest.raises(UpstreamError) as info:
+            await exchange(pool)
+        assert info.value.reason is Reason.UPSTREAM_UNAVAILABLE
+    assert (await exchange(pool))[2] == b"next"
+    assert pool.connections_made == (1 if accepted else 2)
+    await pool.close()
+
+
+async def test_the_limits_are_configurable(raw_server: Any) -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + _headers(5) + b"Content-Length: 2\r\n\r\nok"
+    strict = await make_pool(await raw_server(answering(answer)), head_limits=HeadLimits(max_headers=5))
+    with pytest.raises(UpstreamError):
+        await exchange(strict)
+    small = await make_pool(await raw_server(answering(answer)), head_limits=HeadLimits(max_head_bytes=60))
+    with pytest.raises(UpstreamError):
+        await exchange(small)
+    short = await make_pool(await raw_server(answering(answer)), head_limits=HeadLimits(max_reason_bytes=1))
+    with pytest.raises(UpstreamError):
+        await exchange(short)
+    for pool in (strict, small, short):
+        await pool.close()
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_header_flood_is_cut_off_early_and_answered_502(make_gateway: GatewayFactory, raw_server: Any) -> None:
+    """The attack from issue 9: an upstream sends header lines without end. The gateway stops
+    reading at the limit (the upstream cannot push much past it), answers 502 problem+json
+    right away, and its memory stays flat."""
+    sent = 0
+    cut = asyncio.Event()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        piece = b"HTTP/1.1 200 OK\r\n" + _headers(5000)  # ~60 KiB a write, 2,000,000 lines at most
+        try:
+            for _ in range(400):
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+                piece = _headers(5000)
+        except ConnectionError:
+            pass
+        cut.set()
+        writer.close()
+
+    def tweak(raw: dict[str, Any]) -> None:
+        _point_at(port)(raw)
+        raw["routes"][0]["upstream_timeout_seconds"] = 5
+
+    port = await raw_server(flood)
+    gw = await make_gateway(tweak=tweak)
+    before = _rss_kib()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with aiohttp.ClientSession() as session, session.get(gw.url("sign", "/x")) as resp:
+        doc = await resp.json(content_type=None)
+    assert (resp.status, doc["reason"]) == (502, "upstream_unavailable")
+    assert resp.headers["Content-Type"].startswith("application/problem+json")
+    assert loop.time() - started < 1.0
+    await asyncio.wait_for(cut.wait(), 1.0)
+    assert sent < 16 * 1024 * 1024, "the gateway kept reading past the limit"
+    assert _rss_kib() - before < 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\nok", "obs-fold"),
+        (b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 2\r\n\r\nok", "control character in a value"),
+        (b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok", "control character in the reason"),
+        (b"HTTP/1.1 200 O\x1bK\r\nContent-Length: 2\r\n\r\nok", "escape in the reason"),
+        (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok", "not HTTP/1.x"),
+        (b"HTTP/0.9 200 OK\r\nContent-Length: 2\r\n\r\nok", "HTTP/0.9"),
+        (b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n" + NEXT, "status under 100"),
+        (b"HTTP/1.1 600 High\r\nContent-Length: 2\r\n\r\nok", "status over 599"),
+        (b"HTTP/1.1 199 Odd\r\nContent-Length: 1\r\n\r\nX" + NEXT, "a 1xx with a body (found by the fuzzer)"),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nnext", "204 announcing a body"),
+        (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnext\r\n0\r\n\r\n", "204 chunked"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "CL and TE"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nnext", "same CL twice"),
+    ],
+)
+async def test_bad_answers_are_502_and_never_poison_the_next_request(raw_server: Any, answer: bytes, why: str) -> None:
+    pool = await make_pool(await raw_server(first_then_clean(answer)))
+    with pytest.raises(UpstreamError) as info:
+        await exchange(pool)
+    assert info.value.reason is Reason.UPSTREAM_UNAVAILABLE, why
+    assert (await exchange(pool))[2] == b"next", why
+    assert pool.connections_made == 2, why
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "relayed"),
+    [
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + NEXT, b"ok"),  # stray answer, same write
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokGARBAGE", b"ok"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 4\r\n\r\nnext", b""),  # 304 keeps its CL
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\nnext", b""),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext", b""),  # HEAD answered with a body
+    ],
+)
+async def test_bytes_after_an_answer_never_reach_the_next_request(
+    raw_server: Any, method: str, answer: bytes, relayed: bytes
+) -> None:
+    pool = await make_pool(await raw_server(first_then_clean(answer)))
+    assert (await exchange(pool, method))[2] == relayed
+    assert (await exchange(pool))[2] == b"next"
+    assert pool.connections_made == 2
+    await pool.close()
+
+
+# -- clients that never read (issue 9: slow readers pinning the pool) -------------------------
+
+
+async def _non_reading_client(port: int, path: str) -> asyncio.StreamWriter:
+    """A client that asks for ``path`` and never reads: a tiny receive buffer, so the gateway's
+    writes towards it block after a few hundred KiB at most."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+    await writer.drain()
+    return writer
+
+
+@pytest.fixture
+async def endless(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    """``/big`` streams up to 256 MiB (bounded, never reached here); anything else is small."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not request.path.endswith("/big"):
+            return web.Response(text="small")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(4096):
+                await response.write(chunk)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    return await aiohttp_server(app)
+
+
+async def _wait_until(condition: Callable[[], bool], within: float = 1.5) -> bool:
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+def _stalled(pool: ConnectionPool) -> int:
+    return sum(1 for c in list(pool._open) if getattr(c, "client_wait", None) is not None)
+
+
+async def test_a_client_that_never_reads_is_dropped_and_its_upstream_connection_closed(
+    make_gateway: GatewayFactory, endless: TestServer
+) -> None:
+    assert endless.port is not None
+    gw = await make_gateway(tweak=_point_at(endless.port))
+    pool = next(iter(gw.runtime.upstreams.values())).pool
+    pool.write_timeout = 0.3  # the default is 30 s; what matters is that it ends at all
+    client = await _non_reading_client(gw.port("sign"), "/big")
+    try:
+        assert await _wait_until(lambda: pool.connections_made == 1)
+        # the upstream connection is closed (never pooled half-read), the client dropped
+        assert await _wait_until(lambda: pool.open_connections == 0), "a non-reading client pins the pool"
+        assert not pool._idle
+    finally:
+        client.close()
+
+
+async def test_non_reading_clients_do_not_starve_other_requests(
+    make_gateway: GatewayFactory, endless: TestServer
+) -> None:
+    """Two clients hold the whole pool (limit 2) and stop reading; a third request on the same
+    route still gets its answer quickly: the relay stalled longest is dropped for it."""
+    assert endless.port is not None
+
+    def tweak(raw: dict[str, Any]) -> None:
+        _point_at(endless.port or 0)(raw)
+        raw["routes"][0]["connect_timeout_seconds"] = 1.5
+
+    gw = await make_gateway(tweak=tweak)
+    pool = next(iter(gw.runtime.upstreams.values())).pool
+    pool.limit = 2
+    pool.busy_write_timeout = 0.1  # write_timeout stays 30 s: only the pressure may free them
+    slow = [await _non_reading_client(gw.port("sign"), "/big") for _ in range(2)]
+    try:
+        assert await _wait_until(lambda: pool.open_connections == 2)
+        await _wait_until(lambda: _stalled(pool) == 2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with aiohttp.ClientSession() as session, session.get(gw.url("sign", "/small")) as resp:
+            assert (resp.status, await resp.text()) == (200, "small")
+        assert loop.time() - started < 1.0
+        assert pool.open_connections <= 2
+    finally:
+        for writer in slow:
+            writer.close()
+
+
+async def test_a_reading_client_is_not_dropped_while_nobody_waits(
+    make_gateway: GatewayFactory, endless: TestServer
+) -> None:
+    """The busy deadline applies only under pressure: a client that reads slowly, in pauses
+    longer than ``busy_write_timeout``, gets its whole answer while the pool has room."""
+    assert endless.port is not None
+    gw = await make_gateway(tweak=_point_at(endless.port))
+    pool = next(iter(gw.runtime.upstreams.values())).pool
+    pool.busy_write_timeout = 0.05
+    pool.write_timeout = 1.0
+    async with aiohttp.ClientSession() as session, session.get(gw.url("sign", "/big")) as resp:
+        await resp.content.readexactly(1 << 20)
+        await asyncio.sleep(0.2)  # stalls past busy_write_timeout, within write_timeout
+        await resp.content.readexactly(1 << 20)
     assert pool.connections_made == 1

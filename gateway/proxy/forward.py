@@ -7,7 +7,12 @@ Invariants:
   upstream's authority, the value the signature covers;
 - upstream failures become ``upstream_unavailable`` (502) and timeouts ``upstream_timeout``
   (504) with no internal detail; nothing is shared between clients (no cookie jar);
-- once an answer has started, a failure aborts the client connection (``UpstreamAborted``).
+- once an answer has started, a failure aborts the client connection (``UpstreamAborted``);
+- a client that takes no data for ``write_timeout`` (or ``busy_write_timeout`` while others wait
+  for an upstream connection, see ``pool``) is dropped (``ClientStalled``) and the upstream
+  connection closed, never returned to the pool half-read;
+- an upstream response head past ``max_response_headers`` / ``max_response_head_bytes`` /
+  ``max_reason_bytes`` is ``upstream_unavailable`` (502), read no further, its connection closed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ from multidict import CIMultiDict
 
 from gateway.errors import Reason, RequestRejected
 from gateway.http_vocab import HOP_BY_HOP, connection_tokens
-from gateway.proxy.http1 import IDEMPOTENT, ConnectionPool, Http1Connection, ResponseHead, UpstreamError, request_head
+from gateway.proxy.http1 import IDEMPOTENT, Http1Connection
+from gateway.proxy.http1_head import (
+    MAX_REASON_BYTES,
+    MAX_RESPONSE_HEAD_BYTES,
+    MAX_RESPONSE_HEADERS,
+    HeadLimits,
+    ResponseHead,
+    UpstreamError,
+    request_head,
+)
+from gateway.proxy.pool import BUSY_WRITE_TIMEOUT, WRITE_TIMEOUT, ConnectionPool
 
 _BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are relayed in one piece
 _BODYLESS = frozenset({101, 204, 304})
@@ -35,6 +50,12 @@ class UpstreamAborted(Exception):
         super().__init__(reason.value)
         self.response = response
         self.reason = reason
+
+
+class ClientStalled(UpstreamAborted):
+    """Our client took no data within the write deadline while an answer was relayed to it:
+    its connection was aborted and the upstream connection closed. (``reason`` stays
+    ``upstream_timeout`` until a reason code of its own exists.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +79,28 @@ class UpstreamTarget:
 
 
 class Upstream:
-    """One upstream: its pooled connections (``http1.ConnectionPool``) and how to relay an answer."""
+    """One upstream: its pooled connections (``pool.ConnectionPool``) and how to relay an answer."""
 
-    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, limit: int = 256) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        limit: int = 256,
+        max_response_headers: int = MAX_RESPONSE_HEADERS,
+        max_response_head_bytes: int = MAX_RESPONSE_HEAD_BYTES,
+        max_reason_bytes: int = MAX_REASON_BYTES,
+        write_timeout: float = WRITE_TIMEOUT,
+        busy_write_timeout: float = BUSY_WRITE_TIMEOUT,
+    ) -> None:
         self.target = UpstreamTarget.parse(url)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit = limit
+        self.head_limits = HeadLimits(max_response_headers, max_response_head_bytes, max_reason_bytes)
+        self.write_timeout = write_timeout
+        self.busy_write_timeout = busy_write_timeout
         self._pool: ConnectionPool | None = None
 
     async def start(self) -> None:
@@ -75,6 +111,9 @@ class Upstream:
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             limit=self.limit,
+            head_limits=self.head_limits,
+            write_timeout=self.write_timeout,
+            busy_write_timeout=self.busy_write_timeout,
             ssl_context=ssl.create_default_context() if t.scheme == "https" else None,
         )
 
@@ -138,15 +177,21 @@ class Upstream:
                 conn = None
                 return web.Response(status=answer.status, reason=answer.reason, body=payload, headers=out_headers)
             response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=out_headers)
-            await response.prepare(request)
+            pool = self.pool
+            await pool.write_to_client(conn, response.prepare(request))
             while chunk := await conn.read_chunk():
-                await response.write(chunk)
-            await response.write_eof()
-            self.pool.release(conn)
+                await pool.write_to_client(conn, response.write(chunk))
+            await pool.write_to_client(conn, response.write_eof())
+            pool.release(conn)
             conn = None
             return response
         except UpstreamError as exc:
             reason, detail = exc.reason, exc.detail
+        except TimeoutError:  # only write_to_client raises it: our client took no data in time
+            if request.transport is not None:
+                request.transport.abort()
+            assert response is not None
+            raise ClientStalled(response, Reason.UPSTREAM_TIMEOUT) from None
         finally:
             if conn is not None:
                 conn.close()  # failed or cancelled half-way: never reused
