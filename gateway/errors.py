@@ -93,6 +93,7 @@ class Reason(enum.Enum):
     BODY_TOO_LARGE = "body_too_large"
     EXPECTATION_FAILED = "expectation_failed"
     CLIENT_ABORTED = "client_aborted"  # the client went away mid-request: logged, nothing to answer
+    CLIENT_STALLED = "client_stalled"  # the client stopped reading an answer: dropped, logged
     # our side
     KEYRING_UNAVAILABLE = "keyring_unavailable"
     REPLAY_STORE_FULL = "replay_store_full"
@@ -138,6 +139,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
     Reason.BODY_TOO_LARGE: _ReasonInfo(413, "Request body exceeds the route's limit"),
     Reason.EXPECTATION_FAILED: _ReasonInfo(417, "Only 'Expect: 100-continue' is supported"),
     Reason.CLIENT_ABORTED: _ReasonInfo(400, "The client closed the connection before the request was complete"),
+    Reason.CLIENT_STALLED: _ReasonInfo(408, "The client stopped reading the answer"),
     Reason.KEYRING_UNAVAILABLE: _ReasonInfo(503, "Keyring not loaded"),
     Reason.REPLAY_STORE_FULL: _ReasonInfo(503, "Replay store is full"),
     Reason.REPLAY_STORE_UNAVAILABLE: _ReasonInfo(503, "Replay store unavailable"),

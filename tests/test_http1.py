@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import io
 import ipaddress
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -747,12 +749,20 @@ async def test_a_client_that_never_reads_is_dropped_and_its_upstream_connection_
     gw = await make_gateway(tweak=_point_at(endless.port))
     pool = next(iter(gw.runtime.upstreams.values())).pool
     pool.write_timeout = 0.3  # the default is 30 s; what matters is that it ends at all
+    sink = io.StringIO()
+    gw.runtime.access_log.sink, gw.runtime.access_log.enabled = sink, True
     client = await _non_reading_client(gw.port("sign"), "/big")
     try:
         assert await _wait_until(lambda: pool.connections_made == 1)
         # the upstream connection is closed (never pooled half-read), the client dropped
         assert await _wait_until(lambda: pool.open_connections == 0), "a non-reading client pins the pool"
         assert not pool._idle
+        gw.runtime.access_log.flush()
+        assert await _wait_until(
+            lambda: '"reason":"client_stalled"' in sink.getvalue() or gw.runtime.access_log.flush()
+        )
+        line = json.loads(sink.getvalue().splitlines()[-1])
+        assert (line["outcome"], line["reason"]) == ("upstream_aborted", "client_stalled")
     finally:
         client.close()
 

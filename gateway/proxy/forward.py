@@ -54,8 +54,7 @@ class UpstreamAborted(Exception):
 
 class ClientStalled(UpstreamAborted):
     """Our client took no data within the write deadline while an answer was relayed to it:
-    its connection was aborted and the upstream connection closed. (``reason`` stays
-    ``upstream_timeout`` until a reason code of its own exists.)"""
+    its connection was aborted and the upstream connection closed (logged as ``client_stalled``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +190,7 @@ class Upstream:
             if request.transport is not None:
                 request.transport.abort()
             assert response is not None
-            raise ClientStalled(response, Reason.UPSTREAM_TIMEOUT) from None
+            raise ClientStalled(response, Reason.CLIENT_STALLED) from None
         finally:
             if conn is not None:
                 conn.close()  # failed or cancelled half-way: never reused
