@@ -47,6 +47,8 @@ class ListenerConfig:
     port: int = 8080
     allow_non_loopback: bool = False
     health_endpoints: bool = True
+    # who may read /metrics and /readyz's details besides loopback callers (CIDRs)
+    ops_allowed_networks: tuple[str, ...] = ()
     client_token_env: str | None = None  # env var holding the token clients must send
     client_token: str = field(default="", repr=False, compare=False)  # resolved at load; never shown
 
@@ -476,11 +478,23 @@ def _parse_listeners(value: Any, problems: list[str], environ: Mapping[str, str]
             port=r.integer("port", 8080, hi=65535),
             allow_non_loopback=r.flag("allow_non_loopback", False),
             health_endpoints=r.flag("health_endpoints", True),
+            ops_allowed_networks=_networks(
+                r.str_list("ops_allowed_networks", ()), f"{where}.ops_allowed_networks", problems
+            ),
             client_token_env=token_env,
             client_token=token,
         )
         r.finish()
     return out
+
+
+def _networks(values: tuple[str, ...], where: str, problems: list[str]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            problems.append(f"{where}: {value!r} is not a network such as 10.0.0.0/8")
+    return values
 
 
 def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str, KeyringConfig]:

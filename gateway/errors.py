@@ -89,6 +89,7 @@ class Reason(enum.Enum):
     NON_CANONICAL_PATH = "non_canonical_path"
     MISDIRECTED = "misdirected"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    FORBIDDEN = "forbidden"
     NO_ROUTE = "no_route"
     BODY_TOO_LARGE = "body_too_large"
     EXPECTATION_FAILED = "expectation_failed"
@@ -134,6 +135,7 @@ _REASONS: dict[Reason, _ReasonInfo] = {
         400, "Path has dot segments, empty segments, encoded slashes or needless percent-encoding"
     ),
     Reason.METHOD_NOT_ALLOWED: _ReasonInfo(405, "Method not allowed"),
+    Reason.FORBIDDEN: _ReasonInfo(403, "Only operators' networks may read this"),
     Reason.MISDIRECTED: _ReasonInfo(421, "This route does not serve that authority"),
     Reason.NO_ROUTE: _ReasonInfo(404, "No route for this path"),
     Reason.BODY_TOO_LARGE: _ReasonInfo(413, "Request body exceeds the route's limit"),

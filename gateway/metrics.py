@@ -11,9 +11,18 @@ Invariants:
 - under ``serve --workers N`` every worker writes its own values into the directory named by
   ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` sums them (prometheus-client's multiprocess
   mode): counts are every worker's, never one random worker's. Gauges say how they combine.
+
+Recording is off the request path's critical cost: prometheus-client spends 4-9 µs on one
+labelled ``inc`` or ``observe`` (more in multiprocess mode), several per request, against a
+5 % budget of a verified request's ~300 µs. A request therefore only bumps plain counters in
+the process's ``Recorder`` (a dict increment, a ``bisect`` for histograms); ``flush`` moves
+the deltas into prometheus-client once a second and before every scrape.
 """
 
 from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -121,6 +130,53 @@ WORKER_RESTARTS = Counter(
     [],
     namespace=NAMESPACE,
 )
+
+
+class Recorder:
+    """Per-process counts and observations, flushed into prometheus-client in batches.
+
+    ``count`` and ``observe`` are all a request pays; ``flush`` (the ops endpoint calls it before
+    rendering, and a background task every second) adds what accumulated since the last flush:
+    counters by ``inc(n)``, histograms bucket by bucket. ``gauges`` are callbacks run at each
+    flush, to set gauges whose value is a function of state (keyring age, expiries).
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        # per (histogram, labels): [count per bucket..., sum]
+        self._observed: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+        self._bounds: dict[Histogram, tuple[float, ...]] = {}
+        self.gauges: list[Callable[[], None]] = []
+
+    def count(self, metric: Counter, labels: tuple[str, ...], n: int = 1) -> None:
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def observe(self, metric: Histogram, labels: tuple[str, ...], value: float) -> None:
+        bounds = self._bounds.get(metric)
+        if bounds is None:
+            bounds = self._bounds[metric] = tuple(metric._upper_bounds)  # includes +Inf
+        slots = self._observed.get((metric, labels))
+        if slots is None:
+            slots = self._observed[(metric, labels)] = [0.0] * (len(bounds) + 1)
+        slots[bisect.bisect_left(bounds, value)] += 1
+        slots[-1] += value
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for (counter, labels), n in counts.items():
+            (counter.labels(*labels) if labels else counter).inc(n)
+        observed, self._observed = self._observed, {}
+        for (histogram, labels), slots in observed.items():
+            child = histogram.labels(*labels) if labels else histogram
+            # prometheus-client's own Histogram.observe does exactly this per value (its bucket
+            # values and sum); tests compare our exposition with observe()'s for the same values.
+            for index, hits in enumerate(slots[:-1]):
+                if hits:
+                    child._buckets[index].inc(hits)
+            child._sum.inc(slots[-1])
+        for update in self.gauges:
+            update()
 
 
 def key_label(key_id: str, known: bool) -> str:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import multiprocessing
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from aiohttp import web
 
 from gateway import config as config_mod
-from gateway import exitcodes
+from gateway import exitcodes, metrics, supervisor
 from gateway.clock import Clock, system_clock
 from gateway.config import GatewayConfig
 from gateway.echo import build_echo_app
@@ -137,39 +135,13 @@ def serve_process(config_path: str, reuse_port: bool) -> int:
         return exc.code
 
 
-def _worker(config_path: str) -> None:
+def _worker(config_path: str, restarted: bool) -> None:
+    if restarted:
+        metrics.WORKER_RESTARTS.inc()
     sys.exit(serve_process(config_path, reuse_port=True))
 
 
 def serve_workers(config_path: str, workers: int) -> int:
-    """Run ``workers`` processes on the same ports; forward SIGTERM/SIGINT; exit when all do."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(config_path,), name=f"hmac-gateway-{i}") for i in range(workers)]
-    stopping = False
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                proc.terminate()  # SIGTERM: each worker drains on its own
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for proc in procs:
-        proc.start()
-    code = exitcodes.OK
-    remaining = list(procs)
-    while remaining:
-        for proc in list(remaining):
-            proc.join(timeout=0.2)
-            if proc.exitcode is None:
-                continue
-            remaining.remove(proc)
-            # A worker still starting up when we forwarded SIGTERM dies of the signal itself:
-            # that is the stop we asked for, not a failure.
-            stopped_by_us = stopping and proc.exitcode == -signal.SIGTERM
-            if proc.exitcode != 0 and not stopped_by_us and code == exitcodes.OK:
-                code = proc.exitcode if proc.exitcode > 0 else exitcodes.FAILURE
-                forward(signal.SIGTERM, None)  # one worker failed: stop the rest
-    return code
+    """``workers`` processes on the same ports, supervised (see ``gateway.supervisor``)."""
+    configure_logging(config_mod.load(Path(config_path)).log_level)  # validated by the caller
+    return supervisor.serve_workers(_worker, config_path, workers)

@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_urldispatcher
 
+from gateway import metrics
 from gateway.config import ListenerConfig
 from gateway.errors import PROBLEM_CONTENT_TYPE, Reason, RequestRejected, problem_body
 from gateway.http_vocab import check_canonical_path
 from gateway.proxy.forward import UpstreamAborted
 from gateway.proxy.handlers import CLIENT_TOKEN_HEADER, Outcome, RouteHandler
-from gateway.proxy.ops import HEALTH_PATHS, add_ops_routes
+from gateway.proxy.ops import OPS_PATHS, add_ops_routes
 from gateway.proxy.runtime import Runtime
 
 errlog = logging.getLogger("gateway.proxy")
@@ -66,6 +67,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     )
 
     token = listener.client_token.encode() if listener.client_token else None
+    record = _recorder(runtime, listener)
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -122,6 +124,8 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
             outcome.reason = Reason.INTERNAL_ERROR.value
             return _problem(Reason.INTERNAL_ERROR, "", request_id)
         finally:
+            elapsed = time.perf_counter() - started
+            record(outcome, elapsed)
             runtime.access_log.write(
                 {
                     **({"level": "warning"} if status == 499 else {}),
@@ -135,7 +139,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
                     "reason": outcome.reason,
                     "key_id": outcome.key_id,
                     "base_sha256": outcome.base_sha256,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                 },
             )
 
@@ -156,7 +160,7 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
     app[RUNTIME_KEY] = runtime
     app[LISTENER_KEY] = listener
     if listener.health_endpoints:
-        add_ops_routes(app, runtime, _REQUEST_ID, _defer_expect)
+        add_ops_routes(app, runtime, listener, _REQUEST_ID, _defer_expect)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=_defer_expect)
     app.router.register_resource(_PathlessTargets(dispatch))
     return app
@@ -190,6 +194,35 @@ class _PathlessTargets(web_urldispatcher.MatchedSubAppResource):
         return web_urldispatcher.UrlMappingMatchInfo({}, self._route), set()
 
 
+_REPLAY_REASONS = frozenset(
+    {Reason.REPLAYED.value, Reason.REPLAY_STORE_FULL.value, Reason.REPLAY_STORE_UNAVAILABLE.value}
+)
+_VERIFICATION_REASONS = frozenset(r.value for r in Reason if r.status == 401)
+
+
+def _recorder(runtime: Runtime, listener: ListenerConfig) -> Callable[[Outcome, float], None]:
+    """What one request adds to the metrics (in the process's Recorder: a few dict increments)."""
+    recorder, name = runtime.recorder, listener.name
+    routes = {r.name: r for r in runtime.config.routes_for(name)}
+
+    def record(outcome: Outcome, elapsed: float) -> None:
+        recorder.count(metrics.REQUESTS, (name, outcome.route, outcome.outcome, outcome.reason))
+        recorder.observe(metrics.REQUEST_SECONDS, (name, outcome.route), elapsed)
+        route = routes.get(outcome.route)
+        if route is None:
+            return
+        if outcome.outcome == "forwarded" and outcome.key_id:
+            # the key id signed or verified, so it is one of the keyring's: a bounded label
+            kind = metrics.VERIFICATIONS if route.mode == "verify" else metrics.SIGNATURES
+            recorder.count(kind, (route.name, route.keyring, outcome.key_id))
+        elif outcome.reason in _VERIFICATION_REASONS and route.mode == "verify":
+            recorder.count(metrics.VERIFICATION_FAILURES, (route.name, outcome.reason))
+        if outcome.reason in _REPLAY_REASONS:
+            recorder.count(metrics.REPLAY_REFUSALS, (outcome.reason,))
+
+    return record
+
+
 async def _defer_expect(request: web.Request) -> None:
     """Expect is answered by the edge middleware, where refusals become problem+json and the
     request is logged; aiohttp's default handler answers from outside it (and fails on a
@@ -207,6 +240,7 @@ async def _expect(request: web.Request) -> None:
 
 
 def _health_request(request: web.Request) -> bool:
-    """Probes need no client token; only the ops routes themselves count (not POST /healthz)."""
+    """Probes and scrapes need no client token; only the ops routes themselves count (not POST
+    /healthz, which goes to the proxy routes)."""
     route = request.match_info.route
-    return route.resource is not None and route.resource.canonical in HEALTH_PATHS
+    return route.resource is not None and route.resource.canonical in OPS_PATHS

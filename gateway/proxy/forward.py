@@ -18,6 +18,8 @@ Invariants:
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -92,8 +94,10 @@ class Upstream:
         max_reason_bytes: int = MAX_REASON_BYTES,
         write_timeout: float = WRITE_TIMEOUT,
         busy_write_timeout: float = BUSY_WRITE_TIMEOUT,
+        observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.target = UpstreamTarget.parse(url)
+        self.observe_latency = observe_latency  # seconds from sending to the answer's head
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit = limit
@@ -147,6 +151,7 @@ class Upstream:
         conn: Http1Connection | None = None
         try:
             conn = await self.pool.acquire()
+            started = time.perf_counter()
             conn.send(method, head, body)
             try:
                 answer = await conn.read_head()
@@ -159,8 +164,11 @@ class Upstream:
                     raise
                 conn.close()
                 conn = await self.pool.acquire(fresh=True)
+                started = time.perf_counter()
                 conn.send(method, head, body)
                 answer = await conn.read_head()
+            if self.observe_latency is not None:
+                self.observe_latency(time.perf_counter() - started)
             out_headers = self._response_headers(answer, request_id)
             length = answer.content_length
             if (

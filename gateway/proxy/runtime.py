@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from gateway import metrics
 from gateway.clock import Clock, system_clock
 from gateway.config import GatewayConfig, KeyringConfig
 from gateway.keys.aws import SecretsManagerSource
@@ -35,6 +37,8 @@ class Runtime:
     replay: ReplayStore = field(default_factory=MemoryReplayStore)
     access_log: AccessLog = field(default_factory=AccessLog)
     request_ids: RequestIds = field(default_factory=RequestIds)
+    recorder: metrics.Recorder = field(default_factory=metrics.Recorder)
+    expiry_series: dict[str, set[str]] = field(default_factory=dict)  # key ids with an expiry gauge
     draining: bool = False
 
     async def load_keyrings(self) -> dict[str, str]:
@@ -105,7 +109,12 @@ async def keyring_caches(runtime: Runtime, refresh: bool) -> AsyncIterator[None]
 @contextlib.asynccontextmanager
 async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
     for route in runtime.config.routes:
-        upstream = Upstream(route.upstream, connect_timeout=route.connect_timeout, read_timeout=route.upstream_timeout)
+        upstream = Upstream(
+            route.upstream,
+            connect_timeout=route.connect_timeout,
+            read_timeout=route.upstream_timeout,
+            observe_latency=functools.partial(runtime.recorder.observe, metrics.UPSTREAM_SECONDS, (route.name,)),
+        )
         await upstream.start()
         runtime.upstreams[route.name] = upstream
     try:
@@ -123,6 +132,51 @@ async def replay_store(runtime: Runtime) -> AsyncIterator[None]:
         await runtime.replay.close()
 
 
+def _state_gauges(runtime: Runtime) -> None:
+    """Gauges that are a function of state, set at every flush."""
+    now = runtime.clock()
+    for name, cache in runtime.caches.items():
+        age = cache.age(now)
+        metrics.KEYRING_AGE.labels(name).set(-1 if age is None else age)
+        metrics.KEYRING_STALE.labels(name).set(1 if cache.failing_since is not None and cache.keyring else 0)
+        metrics.KEYRING_REFRESH_FAILURES.labels(name).set(cache.failures)
+        keyring = cache.keyring
+        if keyring is None:
+            continue
+        signing = keyring.signing_key
+        since = signing.promoted_at or signing.created_at
+        metrics.SIGNING_KEY_AGE.labels(name).set(-1 if since is None else now - since)
+        expiring = {key.id: key.expires_at for key in keyring.keys if key.expires_at is not None}
+        for key_id, expires_at in expiring.items():
+            metrics.KEY_EXPIRY.labels(name, key_id).set(expires_at - now)
+        for gone in runtime.expiry_series.get(name, set()) - set(expiring):
+            metrics.KEY_EXPIRY.remove(name, gone)  # a removed key leaves no series behind
+        runtime.expiry_series[name] = set(expiring)
+    size = runtime.replay.size()
+    if size is not None:
+        metrics.REPLAY_ENTRIES.set(size)
+
+
+@contextlib.asynccontextmanager
+async def metrics_flusher(runtime: Runtime, interval: float = 1.0) -> AsyncIterator[None]:
+    """Moves this process's counts into prometheus-client every ``interval`` seconds (under
+    ``--workers`` the scrape may reach another worker, which reads our files)."""
+    runtime.recorder.gauges.append(functools.partial(_state_gauges, runtime))
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            runtime.recorder.flush()
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        runtime.recorder.flush()
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(
     config: GatewayConfig, *, clock: Clock = system_clock, refresh: bool = True
@@ -133,5 +187,6 @@ async def open_runtime(
         await stack.enter_async_context(replay_store(runtime))
         await stack.enter_async_context(keyring_caches(runtime, refresh))
         await stack.enter_async_context(upstream_pools(runtime))
+        await stack.enter_async_context(metrics_flusher(runtime))
         stack.callback(runtime.access_log.close)  # the last lines, before the process exits
         yield runtime

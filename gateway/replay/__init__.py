@@ -34,6 +34,10 @@ class ReplayStore(Protocol):
         """Record ``key`` for ``ttl`` seconds. False if it is already there (a replay)."""
         ...
 
+    def size(self) -> int | None:
+        """Entries held by this process, for metrics; None when the store is shared."""
+        ...
+
     async def check(self) -> list[str]:
         """Start-up check: raise ``ReplayStoreError`` if the store cannot do its job; return
         warnings (one line each) about guarantees it cannot confirm."""

@@ -57,6 +57,9 @@ class MemoryReplayStore:
         bucket.append(key)
         return True
 
+    def size(self) -> int | None:
+        return len(self._keys)
+
     async def check(self) -> list[str]:
         """Nothing to check: the store lives and dies with this process."""
         return []

@@ -42,6 +42,10 @@ class RedisReplayStore:
     async def eviction_policy(self) -> str:
         return (await self._info(b"memory")).get("maxmemory_policy", "unknown")
 
+    def size(self) -> int | None:
+        """Unknown here: the entries are shared by every instance (DBSIZE would count them all)."""
+        return None
+
     async def check(self) -> list[str]:
         """Fail unless Redis answers and never evicts; warn when it would lose entries on restart.
 
