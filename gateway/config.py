@@ -139,6 +139,9 @@ class GatewayConfig:
     echo: EchoConfig | None = None
     log_level: str = "info"
     shutdown_grace: float = 10.0
+    # a connection must deliver a whole request head within this long of opening (or of the
+    # previous answer); idle keep-alive connections close after it too (slow-loris bound)
+    header_timeout: float = 15.0
     replay_max_entries: int = 1_000_000
     replay_store: str = "memory"  # "memory" (one process) or "redis" (shared)
     redis_url: str = field(default="", repr=False)  # may carry a password: never shown whole
@@ -166,6 +169,7 @@ class GatewayConfig:
             "gateway": {
                 "log_level": self.log_level,
                 "shutdown_grace_seconds": self.shutdown_grace,
+                "header_timeout_seconds": self.header_timeout,
                 "replay_max_entries": self.replay_max_entries,
                 "replay_store": self.replay_store,
                 "redis_url": _redact_url(self.redis_url) if self.redis_url else None,
@@ -391,6 +395,7 @@ def parse(
     if log_level not in ("debug", "info", "warning", "error"):
         problems.append(f"[gateway].log_level: must be debug, info, warning or error, got {log_level!r}")
     shutdown_grace = gw.number("shutdown_grace_seconds", 10.0)
+    header_timeout = gw.number("header_timeout_seconds", 15.0)
     replay_max = gw.integer("replay_max_entries", 1_000_000, lo=1)
     replay_store = gw.text("replay_store", "memory")
     redis_url = gw.text("redis_url", "")
@@ -436,6 +441,7 @@ def parse(
         echo=echo,
         log_level=log_level,
         shutdown_grace=shutdown_grace,
+        header_timeout=header_timeout,
         replay_max_entries=replay_max,
         replay_store=replay_store,
         redis_url=redis_url,

@@ -77,7 +77,15 @@ async def run(
             apps.append(("echo", config.echo.host, config.echo.port, build_echo_app()))
         try:
             for name, host, port, app in apps:
-                runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace)
+                runner = web.AppRunner(
+                    app,
+                    access_log=None,
+                    shutdown_timeout=config.shutdown_grace,
+                    # aiohttp closes a connection whose next request head has not arrived when its
+                    # keep-alive timer fires (armed at connect and after each answer): that is our
+                    # header read deadline. Its default, 3630 s, let slow-loris clients stay an hour.
+                    keepalive_timeout=config.header_timeout,
+                )
                 await runner.setup()
                 runners.append(runner)
                 site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)

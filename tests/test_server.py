@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.helpers import random_secret
-from tests.support import Proc, free_port, get_json, loop_config, run_cli, wait_ready, write_config
+from tests.support import Proc, free_port, get_json, live_gateway, loop_config, run_cli, wait_ready, write_config
 
 
 async def test_demo_loop_runs_on_a_fresh_install(tmp_path: Path, procs: list[Proc]) -> None:
@@ -195,3 +195,50 @@ def test_keys_lists_states_and_never_secrets(tmp_path: Path) -> None:
     for out in (text, as_json):
         for secret in secrets.values():
             assert secret not in out.stdout + out.stderr
+
+
+def test_slow_loris_connections_are_closed_after_the_header_timeout(tmp_path: Path) -> None:
+    """Issue 9: 1,800 connections trickling header bytes were all held. aiohttp's keep-alive timer
+    is our header read deadline (header_timeout_seconds); its default kept them an hour."""
+    ring = tmp_path / "ring.json"
+    ring.write_text(json.dumps({"k1": random_secret()}))
+    os.chmod(ring, 0o600)
+
+    def raw(upstream: str) -> dict[str, Any]:
+        return {
+            "gateway": {"header_timeout_seconds": 0.5},
+            "keyrings": {"r": {"path": str(ring)}},
+            "listeners": {"sign": {"port": 0}},
+            "routes": [{"name": "out", "listener": "sign", "mode": "sign", "upstream": upstream, "keyring": "r"}],
+        }
+
+    with live_gateway(raw, tmp_path) as gw:
+        port = gw.ports["sign"]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            started = time.monotonic()
+            closed_after = None
+            for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"z" * 100:  # ~10 s if never cut off
+                try:
+                    slow.sendall(bytes([byte]))
+                    time.sleep(0.1)
+                    slow.setblocking(False)
+                    try:
+                        if slow.recv(1) == b"":
+                            closed_after = time.monotonic() - started
+                            break
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        slow.setblocking(True)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+        assert closed_after is not None and closed_after < 3, closed_after
+        # a whole request in time is served, and its idle keep-alive connection then closes too
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as ok:
+            ok.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert ok.recv(12) == b"HTTP/1.1 200"
+            started = time.monotonic()
+            while ok.recv(65536):
+                assert time.monotonic() - started < 3
+        assert gw.errors.records == []
