@@ -24,6 +24,17 @@ except ImportError:  # pragma: no cover
 
 StartResponse = Callable[..., Any]
 
+# Fake credentials and no shared config: boto3 must reach only the moto server on loopback.
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+}
+
 _ERRORS = {
     "throttle": (400, "ThrottlingException", "Rate exceeded"),
     "error500": (500, "InternalServiceError", "internal error"),
