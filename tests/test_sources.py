@@ -6,23 +6,35 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import threading
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import config as config_mod
 from gateway.errors import SealError, SourceError, WriteConflict
 from gateway.keys import sealing
 from gateway.keys.factory import make_source, provision, read_keyring
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import KeyState
-from gateway.keys.settings import FileSourceSettings, KeyringSettings
+from gateway.keys.settings import (
+    DEFAULT_ENCODING,
+    FILE_DEFAULTS,
+    REFRESH_DEFAULTS,
+    SECRETS_MANAGER_DEFAULTS,
+    FileSourceSettings,
+    KeyringSettings,
+    RefreshPolicy,
+    SecretsManagerSettings,
+)
 from gateway.keys.sources import MISSING_VERSION, Document, FileSource
 from tests.cas_workers import file_worker, run_workers
 
@@ -571,3 +583,49 @@ def test_a_writer_killed_between_temp_file_and_rename_leaves_the_old_document(tm
     FileSource("ring", path).write(writes_document("old", "next"), expected_version=before.version_id)
     assert path.read_bytes() == writes_document("old", "next")
     assert temporaries(tmp_path) == []
+
+
+# -- settings: one declaration of every default, and the README says the same ----------------
+
+
+def _readme_keyring_defaults() -> dict[str, object]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### `[keyrings.<name>]`", 1)[1].split("\n### ", 1)[0]
+    out: dict[str, object] = {}
+    for names, values in re.findall(r"^\| (`[^|]+`) \| (`[^|]+`) \|", section, re.M):
+        for name, value in zip(re.findall(r"`([^`]+)`", names), re.findall(r"`([^`]+)`", values), strict=True):
+            out[name] = tomllib.loads(f"v = {value}")["v"]
+    return out
+
+
+def test_the_readme_documents_the_defaults_the_settings_declare() -> None:
+    declared = {
+        "encoding": DEFAULT_ENCODING,
+        "refresh_interval_seconds": REFRESH_DEFAULTS.interval,
+        "refresh_jitter": REFRESH_DEFAULTS.jitter,
+        "max_staleness_seconds": REFRESH_DEFAULTS.max_staleness,
+        "early_refresh_interval_seconds": REFRESH_DEFAULTS.early_refresh_interval,
+        "backoff_cap_seconds": REFRESH_DEFAULTS.backoff_cap,
+        "create": FILE_DEFAULTS.create,
+        "check_permissions": FILE_DEFAULTS.check_permissions,
+        "connect_timeout_seconds": SECRETS_MANAGER_DEFAULTS.connect_timeout,
+        "read_timeout_seconds": SECRETS_MANAGER_DEFAULTS.read_timeout,
+        "max_attempts": SECRETS_MANAGER_DEFAULTS.max_attempts,
+    }
+    documented = _readme_keyring_defaults()
+    assert {name: documented.get(name) for name in declared} == declared
+    assert RefreshPolicy() == REFRESH_DEFAULTS  # the cache's policy restates nothing
+
+
+def test_config_falls_back_to_the_declared_defaults(tmp_path: Path) -> None:
+    raw = {
+        "keyrings": {
+            "f": {"path": "f.json"},
+            "a": {"source": "aws-secretsmanager", "secret_id": "s"},
+        },
+        "listeners": {"sign": {"port": 0}},
+        "routes": [{"listener": "sign", "mode": "sign", "upstream": "http://127.0.0.1:9", "keyring": "f"}],
+    }
+    keyrings = config_mod.parse(raw, base_dir=tmp_path).keyrings
+    assert keyrings["f"].settings == KeyringSettings("f", FileSourceSettings(tmp_path / "f.json"))
+    assert keyrings["a"].settings == KeyringSettings("a", SecretsManagerSettings("s"))
