@@ -5,6 +5,7 @@ Assertions are on exact lines and exit codes, and that no secret reaches any out
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from gateway import exitcodes
 from gateway.cli import COMMANDS
 from gateway.cli.base import Command, invoke
 from gateway.clock import to_rfc3339
+from gateway.keys import sealing
 from tests.helpers import random_secret
 from tests.moto_faults import AWS_ENV, FaultyMotoServer
 
@@ -371,3 +373,28 @@ def test_every_command_is_in_the_readme() -> None:
     section = README.read_text().split("## Commands and exit codes", 1)[1].split("\n## ", 1)[0]
     for command in COMMANDS:
         assert re.search(rf"^  {re.escape(command.name)}\b", section, re.M), command.name
+
+
+def test_keys_opens_a_sealed_keyring_with_its_master_key_and_names_the_variable_without_it(tmp_path: Path) -> None:
+    master = os.urandom(32)
+    secret = random_secret()
+    ring = tmp_path / "keyrings" / "demo.json"
+    ring.parent.mkdir()
+    ring.write_bytes(sealing.seal(json.dumps({"key-v1": secret}).encode(), master))
+    os.chmod(ring, 0o600)
+    cfg = config(tmp_path, file_ring() + 'seal_key_env = "TEST_CLI_MASTER_KEY"\n')
+    master_b64 = base64.b64encode(master).decode()
+    env = {k: v for k, v in os.environ.items() if k != "TEST_CLI_MASTER_KEY"}
+    opened = cli("--config", str(cfg), "keys", cwd=tmp_path, env=env | {"TEST_CLI_MASTER_KEY": master_b64})
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout.splitlines()[0] == f"demo  (flat, signing with key-v1, file:{ring})"
+    refused = cli("--config", str(cfg), "keys", cwd=tmp_path, env=env)
+    assert refused.returncode == exitcodes.KEYRING_ERROR
+    assert refused.stderr.splitlines() == [
+        "hmac-gateway: keyring 'demo' could not be loaded: "
+        "the keyring is sealed but $TEST_CLI_MASTER_KEY (its master key) is not set"
+    ]
+    for result in (opened, refused):
+        assert secret not in result.stdout + result.stderr
+        assert master_b64 not in result.stdout + result.stderr
+    assert sealing.is_sealed(ring.read_bytes())

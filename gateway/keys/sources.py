@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import os
 import secrets
@@ -190,6 +191,6 @@ class FileSource:
     def _remove_stale_temporaries(self) -> None:
         # Under the lock no other writer is mid-write, so any temporary left is from a writer
         # that died between writing it and renaming it; it may hold key material.
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+        for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
