@@ -552,3 +552,18 @@ def test_eight_processes_in_read_modify_write_loops_lose_no_update_in_secrets_ma
     labels = [label for stages in stages_of(sm, name).values() for label in stages]
     assert labels.count("AWSCURRENT") == 1
     assert not [label for label in labels if label.startswith("hmac-gateway-write-")]
+
+
+def test_a_move_applied_but_whose_answer_was_lost_is_not_reported_as_a_conflict(
+    moto: FaultyMotoServer, sm: Any
+) -> None:
+    name = new_secret(sm, writes_document())
+    source = source_for(moto, name, max_attempts=2)  # botocore retries the 500: the retry finds it done
+    read = source.load()
+    moto.injector.inject(Fault("lost_answer", action="UpdateSecretVersionStage", times=1))
+    before = moto.injector.calls["UpdateSecretVersionStage"]
+    written = source.write(writes_document("once").encode(), expected_version=read.version_id)
+    assert moto.injector.calls["UpdateSecretVersionStage"] - before == 3  # lost, retried, label clean-up
+    current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+    assert (current["VersionId"], current["SecretString"]) == (written.version_id, writes_document("once"))
+    assert stages_of(sm, name)[written.version_id] == ["AWSCURRENT"]

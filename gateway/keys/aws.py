@@ -6,7 +6,8 @@ Invariants:
 - a write is a compare-and-swap (SPEC section 4): ``PutSecretValue`` stores the new version under a
   unique client request token and a unique per-attempt staging label (never ``AWSCURRENT``), then
   ``UpdateSecretVersionStage`` moves ``AWSCURRENT`` to it *from the version the writer read*,
-  which Secrets Manager refuses if someone else moved it first -> ``WriteConflict``; the
+  which Secrets Manager refuses if someone else moved it first -> ``WriteConflict`` (unless
+  ``AWSCURRENT`` sits on our new version: a retried move whose first answer was lost); the
   temporary label is removed either way, so a lost attempt leaves an unlabelled version that
   Secrets Manager deprecates on its own;
 - calls are bounded: connect and read timeouts, and botocore's standard retry mode with a
@@ -183,9 +184,13 @@ class SecretsManagerSource:
             )
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code == "InvalidParameterException":  # AWSCURRENT is no longer on the version we read
+            if code != "InvalidParameterException":
+                self._raise(exc, _WRITE_EXPLAIN)
+            # AWSCURRENT is no longer on the version we read. Either someone else moved it, or a
+            # retry of our own move found it done (the first answer was lost): only we know the
+            # new version's id, so AWSCURRENT on it means our write won.
+            if self.load().version_id != new_version:
                 raise WriteConflict(f"{self.description}: the keyring changed since it was read") from None
-            self._raise(exc, _WRITE_EXPLAIN)
         except BotoCoreError as exc:
             self._raise(exc, _WRITE_EXPLAIN)
         finally:
