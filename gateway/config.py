@@ -29,6 +29,17 @@ from urllib.parse import unquote_plus, urlsplit
 from gateway.errors import ConfigError
 from gateway.http_vocab import HOP_BY_HOP
 from gateway.keys.formats import ENCODINGS
+from gateway.keys.settings import (
+    DEFAULT_ENCODING,
+    FILE_DEFAULTS,
+    REFRESH_DEFAULTS,
+    SECRETS_MANAGER_DEFAULTS,
+    FileSourceSettings,
+    KeyringSettings,
+    RefreshPolicy,
+    SecretsManagerSettings,
+    SourceSettings,
+)
 from gateway.replay import STORES as REPLAY_STORES
 from gateway.replay import ReplaySettings
 from gateway.replay.address import RedisAddress
@@ -68,29 +79,64 @@ _AWS_KEYS = (
 
 @dataclass(frozen=True, slots=True)
 class KeyringConfig:
+    """One ``[keyrings.<name>]`` table as written (what ``check-config --json`` shows).
+
+    Defaults are the keys package's (``gateway.keys.settings``); ``settings`` is what the
+    keys package is handed.
+    """
+
     name: str
     source: str = "file"
-    encoding: str = "raw"
+    encoding: str = DEFAULT_ENCODING
     start_degraded: bool = False
     # file
-    path: Path = Path("keyring.json")
-    create: bool = False
-    seal_key_env: str | None = None
-    check_permissions: bool = True
+    path: Path = FILE_DEFAULTS.path
+    create: bool = FILE_DEFAULTS.create
+    seal_key_env: str | None = FILE_DEFAULTS.seal_key_env
+    check_permissions: bool = FILE_DEFAULTS.check_permissions
     # aws-secretsmanager
-    secret_id: str = ""
-    region: str | None = None
-    profile: str | None = None
-    endpoint_url: str | None = None
-    connect_timeout: float = 2.0
-    read_timeout: float = 5.0
-    max_attempts: int = 3
+    secret_id: str = SECRETS_MANAGER_DEFAULTS.secret_id
+    region: str | None = SECRETS_MANAGER_DEFAULTS.region
+    profile: str | None = SECRETS_MANAGER_DEFAULTS.profile
+    endpoint_url: str | None = SECRETS_MANAGER_DEFAULTS.endpoint_url
+    connect_timeout: float = SECRETS_MANAGER_DEFAULTS.connect_timeout
+    read_timeout: float = SECRETS_MANAGER_DEFAULTS.read_timeout
+    max_attempts: int = SECRETS_MANAGER_DEFAULTS.max_attempts
     # cache
-    refresh_interval: float = 30.0
-    refresh_jitter: float = 0.1
-    max_staleness: float = 3600.0
-    early_refresh_interval: float = 10.0
-    backoff_cap: float = 60.0
+    refresh_interval: float = REFRESH_DEFAULTS.interval
+    refresh_jitter: float = REFRESH_DEFAULTS.jitter
+    max_staleness: float = REFRESH_DEFAULTS.max_staleness
+    early_refresh_interval: float = REFRESH_DEFAULTS.early_refresh_interval
+    backoff_cap: float = REFRESH_DEFAULTS.backoff_cap
+
+    @property
+    def settings(self) -> KeyringSettings:
+        source: SourceSettings
+        if self.source == "aws-secretsmanager":
+            source = SecretsManagerSettings(
+                secret_id=self.secret_id,
+                region=self.region,
+                profile=self.profile,
+                endpoint_url=self.endpoint_url,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_attempts=self.max_attempts,
+            )
+        else:
+            source = FileSourceSettings(
+                path=self.path,
+                create=self.create,
+                seal_key_env=self.seal_key_env,
+                check_permissions=self.check_permissions,
+            )
+        refresh = RefreshPolicy(
+            interval=self.refresh_interval,
+            jitter=self.refresh_jitter,
+            max_staleness=self.max_staleness,
+            early_refresh_interval=self.early_refresh_interval,
+            backoff_cap=self.backoff_cap,
+        )
+        return KeyringSettings(name=self.name, source=source, encoding=self.encoding, refresh=refresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +579,7 @@ def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str
         endpoint_url = r.text("endpoint_url", None)
         if endpoint_url is not None and urlsplit(endpoint_url).scheme not in ("http", "https"):
             problems.append(f"{where}.endpoint_url: must be an http(s) URL")
-        encoding = r.text("encoding", "raw")
+        encoding = r.text("encoding", DEFAULT_ENCODING)
         if encoding not in ENCODINGS:
             problems.append(f"{where}.encoding: must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
         out[name] = KeyringConfig(
@@ -542,21 +588,21 @@ def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str
             encoding=encoding,
             start_degraded=r.flag("start_degraded", False),
             path=path if path.is_absolute() else base_dir / path,
-            create=r.flag("create", False),
-            seal_key_env=r.text("seal_key_env", None),
-            check_permissions=r.flag("check_permissions", True),
+            create=r.flag("create", FILE_DEFAULTS.create),
+            seal_key_env=r.text("seal_key_env", FILE_DEFAULTS.seal_key_env),
+            check_permissions=r.flag("check_permissions", FILE_DEFAULTS.check_permissions),
             secret_id=secret_id,
-            region=r.text("region", None),
-            profile=r.text("profile", None),
+            region=r.text("region", SECRETS_MANAGER_DEFAULTS.region),
+            profile=r.text("profile", SECRETS_MANAGER_DEFAULTS.profile),
             endpoint_url=endpoint_url,
-            connect_timeout=r.number("connect_timeout_seconds", 2.0),
-            read_timeout=r.number("read_timeout_seconds", 5.0),
-            max_attempts=r.integer("max_attempts", 3, lo=1, hi=10),
-            refresh_interval=r.number("refresh_interval_seconds", 30.0),
-            refresh_jitter=r.number("refresh_jitter", 0.1, positive=False),
-            max_staleness=r.number("max_staleness_seconds", 3600.0),
-            early_refresh_interval=r.number("early_refresh_interval_seconds", 10.0),
-            backoff_cap=r.number("backoff_cap_seconds", 60.0),
+            connect_timeout=r.number("connect_timeout_seconds", SECRETS_MANAGER_DEFAULTS.connect_timeout),
+            read_timeout=r.number("read_timeout_seconds", SECRETS_MANAGER_DEFAULTS.read_timeout),
+            max_attempts=r.integer("max_attempts", SECRETS_MANAGER_DEFAULTS.max_attempts, lo=1, hi=10),
+            refresh_interval=r.number("refresh_interval_seconds", REFRESH_DEFAULTS.interval),
+            refresh_jitter=r.number("refresh_jitter", REFRESH_DEFAULTS.jitter, positive=False),
+            max_staleness=r.number("max_staleness_seconds", REFRESH_DEFAULTS.max_staleness),
+            early_refresh_interval=r.number("early_refresh_interval_seconds", REFRESH_DEFAULTS.early_refresh_interval),
+            backoff_cap=r.number("backoff_cap_seconds", REFRESH_DEFAULTS.backoff_cap),
         )
         if out[name].refresh_jitter >= 1:
             problems.append(f"{where}.refresh_jitter: must be a fraction below 1")

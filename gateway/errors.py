@@ -12,6 +12,7 @@ ever carries key material: messages name key ids, files and settings, never secr
  ├── KeyringError           a keyring cannot be read or understood            -> exit 3
      │    ├── KeyringFormatError   the document is not a valid keyring
      │    ├── SourceError          the source could not be read or written
+     │    │    └── WriteConflict   a compare-and-swap write lost: the stored version moved
      │    └── SealError            a sealed file: missing/wrong master key, corrupt
      └── RequestRejected        a request answered with a problem+json reason
           └── VerificationError    a signature check failed (401)
@@ -51,6 +52,10 @@ class KeyringFormatError(KeyringError):
 
 class SourceError(KeyringError):
     """The keyring source could not be read or written."""
+
+
+class WriteConflict(SourceError):
+    """The stored document is no longer the version a write expected: re-read and re-plan."""
 
 
 class SealError(KeyringError):

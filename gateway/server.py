@@ -132,9 +132,10 @@ def serve_process(config_path: str, reuse_port: bool) -> int:
     """One gateway process (the only one, or one worker). Returns an exit code."""
     try:
         config = config_mod.load(Path(config_path))
-    except ConfigError as exc:
-        print(f"hmac-gateway: config error: {exc}", file=sys.stderr)
-        return exitcodes.CONFIG_ERROR
+    except ConfigError as exc:  # the same lines as every command's (a worker has no CLI wrapper)
+        code, lines = exitcodes.describe(exc)
+        print("\n".join(lines), file=sys.stderr)
+        return code
     configure_logging(config.log_level)
     try:
         return asyncio.run(_serve_in_process(config, reuse_port))

@@ -1,6 +1,7 @@
 """moto's Secrets Manager in server mode, over real HTTP on 127.0.0.1, behind a small WSGI
 wrapper that counts the calls the *server* receives and injects real HTTP faults on chosen
-calls: throttling (400 ThrottlingException), 5xx, access denied, and latency."""
+calls: throttling (400 ThrottlingException), 5xx, access denied, latency, and a lost answer
+(the call is applied, then the client gets a 500 instead of the result)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ except ImportError:  # pragma: no cover
 
 StartResponse = Callable[..., Any]
 
+# Fake credentials and no shared config: boto3 must reach only the moto server on loopback.
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+}
+
 _ERRORS = {
     "throttle": (400, "ThrottlingException", "Rate exceeded"),
     "error500": (500, "InternalServiceError", "internal error"),
@@ -34,7 +46,7 @@ _ERRORS = {
 
 @dataclass
 class Fault:
-    kind: str  # throttle | error500 | unavailable | deny | delay
+    kind: str  # throttle | error500 | unavailable | deny | delay | lost_answer
     action: str = "GetSecretValue"
     times: int | None = None  # None: until cleared
     seconds: float = 0.0
@@ -84,15 +96,23 @@ class FaultInjector:
         if fault is not None:
             if fault.kind == "delay":
                 time.sleep(fault.seconds)
+            elif fault.kind == "lost_answer":
+                for _ in self.app(environ, lambda *args, **kwargs: None):  # applied, answer dropped
+                    pass
+                return self._error(start_response, "error500")
             else:
-                status, code, message = _ERRORS[fault.kind]
-                data = json.dumps({"__type": code, "message": message}).encode()
-                start_response(
-                    f"{status} {code}",
-                    [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data)))],
-                )
-                return [data]
+                return self._error(start_response, fault.kind)
         return self.app(environ, start_response)
+
+    @staticmethod
+    def _error(start_response: StartResponse, kind: str) -> list[bytes]:
+        status, code, message = _ERRORS[kind]
+        data = json.dumps({"__type": code, "message": message}).encode()
+        start_response(
+            f"{status} {code}",
+            [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data)))],
+        )
+        return [data]
 
 
 class FaultyMotoServer(ThreadedMotoServer):

@@ -21,23 +21,15 @@ import aiohttp
 import boto3
 import pytest
 
-from gateway.errors import SourceError
+from gateway.errors import SourceError, WriteConflict
 from gateway.keys.aws import SecretsManagerSource
-from gateway.keys.cache import KeyringCache, RefreshPolicy
+from gateway.keys.cache import KeyringCache
+from gateway.keys.settings import RefreshPolicy
+from tests.cas_workers import run_workers, secrets_manager_worker
 from tests.conftest import GatewayFactory, Recorder
 from tests.helpers import FakeClock, random_secret
-from tests.moto_faults import Fault, FaultyMotoServer
+from tests.moto_faults import AWS_ENV, Fault, FaultyMotoServer
 from tests.support import lib_signed_headers, lib_verify_received, post
-
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-    "AWS_CONFIG_FILE": "/nonexistent/config",
-}
 
 
 @pytest.fixture(scope="module")
@@ -460,3 +452,118 @@ def test_start_degraded_starts_and_reports_not_ready(tmp_path: Path, moto: Fault
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert '"msg":"starting degraded"' in stderr
+
+
+# -- compare-and-swap writes (SPEC section 4) -------------------------------------------------------
+
+
+def stages_of(sm: Any, name: str) -> dict[str, list[str]]:
+    versions = sm.list_secret_version_ids(SecretId=name, IncludeDeprecated=True)["Versions"]
+    return {v["VersionId"]: sorted(v.get("VersionStages", [])) for v in versions}
+
+
+def writes_document(*entries: str) -> str:
+    return json.dumps({"writes": list(entries)})
+
+
+def test_write_stages_a_new_version_then_moves_awscurrent_from_the_version_read(
+    moto: FaultyMotoServer, sm: Any
+) -> None:
+    name = new_secret(sm, writes_document())
+    source = source_for(moto, name)
+    read = source.load()
+    first = len(moto.injector.requests)
+    written = source.write(writes_document("one").encode(), expected_version=read.version_id)
+    calls = moto.injector.requests[first:]
+    assert written.version_id != read.version_id
+    assert source.load() == written
+    current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+    assert (current["VersionId"], current["SecretString"]) == (written.version_id, writes_document("one"))
+    move_stage = "UpdateSecretVersionStage"
+    assert [action for action, _ in calls] == ["PutSecretValue", move_stage, move_stage]
+    put, move, cleanup = (payload for _, payload in calls)
+    [label] = put["VersionStages"]
+    assert label.startswith("hmac-gateway-write-") and "AWSCURRENT" not in put["VersionStages"]
+    assert len(put["ClientRequestToken"]) >= 32
+    assert move == {
+        "SecretId": name,
+        "VersionStage": "AWSCURRENT",
+        "MoveToVersionId": written.version_id,
+        "RemoveFromVersionId": read.version_id,
+    }
+    assert cleanup == {"SecretId": name, "VersionStage": label, "RemoveFromVersionId": written.version_id}
+    stages = stages_of(sm, name)
+    assert stages[written.version_id] == ["AWSCURRENT"]  # the temporary label is gone
+    assert stages[read.version_id] == ["AWSPREVIOUS"]
+
+
+def test_a_write_from_a_stale_read_is_a_conflict_and_leaves_no_label(moto: FaultyMotoServer, sm: Any) -> None:
+    name = new_secret(sm, writes_document())
+    first, second = source_for(moto, name), source_for(moto, name)
+    read_by_first, read_by_second = first.load(), second.load()
+    won = first.write(writes_document("first").encode(), expected_version=read_by_first.version_id)
+    with pytest.raises(WriteConflict) as info:
+        second.write(writes_document("second").encode(), expected_version=read_by_second.version_id)
+    assert str(info.value) == f"aws-secretsmanager:{name}: the keyring changed since it was read"
+    current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+    assert (current["VersionId"], current["SecretString"]) == (won.version_id, writes_document("first"))
+    labels = [label for stages in stages_of(sm, name).values() for label in stages]
+    assert sorted(labels) == ["AWSCURRENT", "AWSPREVIOUS"]  # the losing attempt's label was removed
+
+
+def test_every_write_attempt_uses_a_fresh_token_and_label(moto: FaultyMotoServer, sm: Any) -> None:
+    name = new_secret(sm, writes_document())
+    source = source_for(moto, name)
+    read = source.load()
+    first = len(moto.injector.requests)
+    source.write(writes_document("a").encode(), expected_version=read.version_id)
+    with pytest.raises(WriteConflict):
+        source.write(writes_document("b").encode(), expected_version=read.version_id)
+    puts = [p for action, p in moto.injector.requests[first:] if action == "PutSecretValue"]
+    assert len(puts) == 2
+    assert puts[0]["ClientRequestToken"] != puts[1]["ClientRequestToken"]
+    assert puts[0]["VersionStages"] != puts[1]["VersionStages"]
+
+
+def test_write_errors_are_reported_by_code_without_the_value(moto: FaultyMotoServer, sm: Any) -> None:
+    name = new_secret(sm, writes_document())
+    source = source_for(moto, name)
+    read = source.load()
+    secret_value = random_secret()
+    moto.injector.inject(Fault("deny", action="PutSecretValue", times=1))
+    with pytest.raises(SourceError) as info:
+        source.write(json.dumps({"k": secret_value}).encode(), expected_version=read.version_id)
+    assert not isinstance(info.value, WriteConflict)
+    assert "AccessDeniedException" in str(info.value) and "PutSecretValue" in str(info.value)
+    assert secret_value not in str(info.value)
+    assert source.load().version_id == read.version_id
+
+
+def test_eight_processes_in_read_modify_write_loops_lose_no_update_in_secrets_manager(
+    moto: FaultyMotoServer, sm: Any
+) -> None:
+    name = new_secret(sm, writes_document())
+    processes, writes_each = 8, 6
+    counters = run_workers(secrets_manager_worker, (moto.endpoint, name), processes, writes_each)
+    current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+    entries = json.loads(current["SecretString"])["writes"]
+    assert sorted(entries) == sorted(f"w{w}-{n}" for w in range(processes) for n in range(writes_each))
+    assert sum(c["conflicts"] for c in counters) > 0  # the processes really did race
+    labels = [label for stages in stages_of(sm, name).values() for label in stages]
+    assert labels.count("AWSCURRENT") == 1
+    assert not [label for label in labels if label.startswith("hmac-gateway-write-")]
+
+
+def test_a_move_applied_but_whose_answer_was_lost_is_not_reported_as_a_conflict(
+    moto: FaultyMotoServer, sm: Any
+) -> None:
+    name = new_secret(sm, writes_document())
+    source = source_for(moto, name, max_attempts=2)  # botocore retries the 500: the retry finds it done
+    read = source.load()
+    moto.injector.inject(Fault("lost_answer", action="UpdateSecretVersionStage", times=1))
+    before = moto.injector.calls["UpdateSecretVersionStage"]
+    written = source.write(writes_document("once").encode(), expected_version=read.version_id)
+    assert moto.injector.calls["UpdateSecretVersionStage"] - before == 3  # lost, retried, label clean-up
+    current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+    assert (current["VersionId"], current["SecretString"]) == (written.version_id, writes_document("once"))
+    assert stages_of(sm, name)[written.version_id] == ["AWSCURRENT"]

@@ -13,7 +13,8 @@ import pytest
 
 from gateway.clock import to_rfc3339
 from gateway.errors import KeyringFormatError, SourceError
-from gateway.keys.cache import KeyringCache, RefreshPolicy
+from gateway.keys.cache import KeyringCache
+from gateway.keys.settings import RefreshPolicy
 from gateway.keys.sources import Document
 
 # -- helpers -------------------------------------------------------------------------------

@@ -1,22 +1,42 @@
-"""File keyring source and sealing at rest (gateway/keys/sources.py, gateway/keys/sealing.py)."""
+"""File keyring source, its compare-and-swap writes, and sealing at rest (gateway/keys/sources.py,
+gateway/keys/sealing.py, gateway/keys/factory.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.errors import SealError, SourceError
+from gateway import config as config_mod
+from gateway.errors import SealError, SourceError, WriteConflict
 from gateway.keys import sealing
+from gateway.keys.factory import make_source, provision, read_keyring
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import KeyState
-from gateway.keys.sources import Document, FileSource
+from gateway.keys.settings import (
+    DEFAULT_ENCODING,
+    FILE_DEFAULTS,
+    REFRESH_DEFAULTS,
+    SECRETS_MANAGER_DEFAULTS,
+    FileSourceSettings,
+    KeyringSettings,
+    RefreshPolicy,
+    SecretsManagerSettings,
+)
+from gateway.keys.sources import MISSING_VERSION, Document, FileSource
+from tests.cas_workers import file_worker, run_workers
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -81,7 +101,8 @@ def seal_error(path: Path) -> SealError:
 def test_missing_keyring_is_created_with_mode_0600_and_one_primary_key(tmp_path: Path) -> None:
     path = tmp_path / "new" / "ring.json"
     clock = CountingClock()
-    source = FileSource("ring", path, create=True, clock=clock)
+    source = FileSource("ring", path, clock=clock)
+    assert source.create_if_missing() is True
     document = source.load()
     assert path.exists()
     assert mode_of(path) == 0o600
@@ -97,53 +118,87 @@ def test_missing_keyring_is_created_with_mode_0600_and_one_primary_key(tmp_path:
 
 
 def test_creation_leaves_no_temporary_files(tmp_path: Path) -> None:
-    FileSource("ring", tmp_path / "ring.json", create=True).load()
+    FileSource("ring", tmp_path / "ring.json").create_if_missing()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ring.json", "ring.json.lock"]
     assert mode_of(tmp_path / "ring.json.lock") == 0o600
 
 
-def test_ensure_exists_creates_once_and_never_overwrites(tmp_path: Path) -> None:
+def test_create_if_missing_creates_once_and_never_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "ring.json"
-    source = FileSource("ring", path, create=True)
-    assert source.ensure_exists() is True
+    source = FileSource("ring", path)
+    assert source.create_if_missing() is True
     first = path.read_bytes()
-    assert source.ensure_exists() is False
-    assert FileSource("ring", path, create=True).load().data == first
+    assert source.create_if_missing() is False
+    assert FileSource("ring", path).create_if_missing() is False
+    assert FileSource("ring", path).load().data == first
 
 
-def test_existing_keyring_is_not_replaced_when_create_is_true(tmp_path: Path) -> None:
+def test_existing_keyring_is_not_replaced_by_create_if_missing(tmp_path: Path) -> None:
     path = write(tmp_path / "ring.json", flat_document())
-    assert FileSource("ring", path, create=True).load().data == flat_document()
+    assert FileSource("ring", path).create_if_missing() is False
+    assert FileSource("ring", path).load().data == flat_document()
 
 
 def test_two_sources_generate_different_keys(tmp_path: Path) -> None:
-    a = FileSource("a", tmp_path / "a.json", create=True).load()
-    b = FileSource("b", tmp_path / "b.json", create=True).load()
-    secret_a = parse_keyring("a", a.data).signing_key.secret
-    secret_b = parse_keyring("b", b.data).signing_key.secret
-    assert secret_a != secret_b
+    secrets_made = []
+    for name in ("a", "b"):
+        source = FileSource(name, tmp_path / f"{name}.json")
+        source.create_if_missing()
+        secrets_made.append(parse_keyring(name, source.load().data).signing_key.secret)
+    assert secrets_made[0] != secrets_made[1]
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-source", "source-per-thread"])
-def test_concurrent_loads_create_the_keyring_exactly_once(tmp_path: Path, shared: bool) -> None:
+def test_concurrent_creations_create_the_keyring_exactly_once(tmp_path: Path, shared: bool) -> None:
     path = tmp_path / "ring.json"
     clock = CountingClock()
-    one = FileSource("ring", path, create=True, clock=clock)
+    one = FileSource("ring", path, clock=clock)
     barrier = threading.Barrier(8)
 
-    def load(_: int) -> Document:
-        source = one if shared else FileSource("ring", path, create=True, clock=clock)
+    def create_and_load(_: int) -> tuple[bool, Document]:
+        source = one if shared else FileSource("ring", path, clock=clock)
         barrier.wait(timeout=10)
-        return source.load()
+        created = source.create_if_missing()
+        return created, source.load()
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        documents = list(pool.map(load, range(8)))
+        results = list(pool.map(create_and_load, range(8)))
     assert clock.calls == 1  # one keyring generated
+    assert [created for created, _ in results].count(True) == 1
+    documents = [d for _, d in results]
     assert len({d.data for d in documents}) == 1
     assert len({d.version_id for d in documents}) == 1
     assert documents[0].data == path.read_bytes()
     assert mode_of(path) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ring.json", "ring.json.lock"]
+
+
+def test_loading_a_missing_keyring_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        FileSource("ring", tmp_path / "ring.json").load()
+    assert list(tmp_path.iterdir()) == []  # not the keyring, not even its lock file
+
+
+def test_provision_creates_only_what_the_settings_ask_for(tmp_path: Path) -> None:
+    asked = KeyringSettings("a", FileSourceSettings(tmp_path / "a.json", create=True))
+    not_asked = KeyringSettings("b", FileSourceSettings(tmp_path / "b.json"))
+    assert provision(asked) is True
+    assert provision(asked) is False
+    assert provision(not_asked) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.json.lock"]
+    assert read_keyring(asked).format == "lifecycle"
+
+
+def test_reading_through_the_factory_never_creates_even_with_create_true(tmp_path: Path) -> None:
+    settings = KeyringSettings("ring", FileSourceSettings(tmp_path / "ring.json", create=True))
+    with pytest.raises(SourceError) as info:
+        read_keyring(settings)
+    assert str(info.value) == f"keyring 'ring' could not be loaded: file:{tmp_path / 'ring.json'}: " + (
+        "keyring file does not exist"
+    )
+    with pytest.raises(SourceError):
+        make_source(settings).load()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_file_without_create_is_a_source_error(tmp_path: Path) -> None:
@@ -266,7 +321,9 @@ def test_sealed_file_round_trip_with_master_key_from_env(tmp_path: Path, master_
 
 def test_created_keyring_is_sealed_when_a_master_key_is_configured(tmp_path: Path, master_env: str) -> None:
     path = tmp_path / "ring.json"
-    document = FileSource("ring", path, create=True, seal_key_env=master_env).load()
+    source = FileSource("ring", path, seal_key_env=master_env)
+    assert source.create_if_missing() is True
+    document = source.load()
     on_disk = path.read_bytes()
     assert sealing.is_sealed(on_disk)
     assert mode_of(path) == 0o600
@@ -287,7 +344,7 @@ def test_missing_master_key_env_creates_nothing(tmp_path: Path, monkeypatch: pyt
     monkeypatch.delenv(MASTER_ENV, raising=False)
     path = tmp_path / "ring.json"
     with pytest.raises(SealError, match=MASTER_ENV):
-        FileSource("ring", path, create=True, seal_key_env=MASTER_ENV).load()
+        FileSource("ring", path, seal_key_env=MASTER_ENV).create_if_missing()
     assert not path.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -395,3 +452,180 @@ def test_document_repr_never_shows_the_secret(tmp_path: Path) -> None:
     document = FileSource("ring", path).load()
     assert secret.encode() in document.data
     assert secret not in repr(document) and secret not in str(document)
+
+
+# -- compare-and-swap writes ---------------------------------------------------------------
+
+
+def writes_document(*entries: str) -> bytes:
+    return json.dumps({"writes": list(entries)}).encode()
+
+
+def temporaries(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_replaces_the_document_when_the_version_still_matches(tmp_path: Path) -> None:
+    path = write(tmp_path / "ring.json", flat_document("a" * 40), mode=0o400)
+    source = FileSource("ring", path)
+    read = source.load()
+    written = source.write(flat_document("b" * 40), expected_version=read.version_id)
+    assert written.data == flat_document("b" * 40)
+    assert written.version_id != read.version_id
+    assert source.load() == written
+    assert mode_of(path) == 0o600
+    assert temporaries(tmp_path) == []
+
+
+def test_write_with_a_stale_version_is_a_conflict_and_changes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "ring.json", writes_document())
+    first, second = FileSource("ring", path), FileSource("ring", path)
+    read_by_first, read_by_second = first.load(), second.load()
+    assert read_by_first.version_id == read_by_second.version_id
+    first.write(writes_document("first"), expected_version=read_by_first.version_id)
+    with pytest.raises(WriteConflict) as info:
+        second.write(writes_document("second"), expected_version=read_by_second.version_id)
+    assert isinstance(info.value, SourceError)  # a keyring error to the CLI, with one line
+    assert str(info.value) == f"file:{path}: the keyring changed since it was read"
+    assert path.read_bytes() == writes_document("first")
+    assert temporaries(tmp_path) == []
+
+
+def test_write_expecting_no_document_creates_one_only_if_none_exists(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    source = FileSource("ring", path)
+    source.write(writes_document("one"), expected_version=MISSING_VERSION)
+    assert path.read_bytes() == writes_document("one")
+    with pytest.raises(WriteConflict):
+        source.write(writes_document("two"), expected_version=MISSING_VERSION)
+    assert path.read_bytes() == writes_document("one")
+
+
+def test_a_sealed_keyring_stays_sealed_when_written(tmp_path: Path, master_env: str) -> None:
+    path = sealed_file(tmp_path / "ring.json")
+    source = FileSource("ring", path, seal_key_env=master_env)
+    read = source.load()
+    source.write(flat_document("n" * 40), expected_version=read.version_id)
+    on_disk = path.read_bytes()
+    assert sealing.is_sealed(on_disk)
+    assert b"n" * 40 not in on_disk
+    assert sealing.unseal(on_disk, MASTER, where="x") == flat_document("n" * 40)
+    assert source.load().data == flat_document("n" * 40)
+    assert mode_of(path) == 0o600
+
+
+def test_write_fsyncs_the_file_and_then_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "ring.json", writes_document())
+    source = FileSource("ring", path)
+    read = source.load()
+    synced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        synced.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    source.write(writes_document("x"), expected_version=read.version_id)
+    assert synced == ["file", "rename", "dir"]
+
+
+def test_eight_processes_in_read_modify_write_loops_lose_no_update(tmp_path: Path) -> None:
+    path = write(tmp_path / "ring.json", writes_document())
+    processes, writes_each = 8, 25
+    counters = run_workers(file_worker, (str(path), None), processes, writes_each)
+    entries = json.loads(path.read_bytes())["writes"]
+    expected = {f"w{w}-{n}" for w in range(processes) for n in range(writes_each)}
+    assert sorted(entries) == sorted(expected)  # every write present exactly once
+    assert sum(c["conflicts"] for c in counters) > 0  # the processes really did race
+    assert sum(c["retried_errors"] for c in counters) == 0
+    assert temporaries(tmp_path) == []
+
+
+def test_eight_processes_on_a_sealed_keyring_lose_no_update(tmp_path: Path, master_env: str) -> None:
+    path = sealed_file(tmp_path / "ring.json", writes_document())
+    counters = run_workers(file_worker, (str(path), master_env), 8, 10)
+    entries = json.loads(FileSource("ring", path, seal_key_env=master_env).load().data)["writes"]
+    assert sorted(entries) == sorted(f"w{w}-{n}" for w in range(8) for n in range(10))
+    assert sealing.is_sealed(path.read_bytes())
+    assert sum(c["conflicts"] for c in counters) > 0
+
+
+_KILLED_BEFORE_RENAME = """
+import os, signal, sys
+from pathlib import Path
+from gateway.keys.sources import FileSource
+
+source = FileSource("ring", Path(sys.argv[1]))
+current = source.load()
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # die after the temp file, before the rename
+source.write(b'{"writes": ["lost"]}', expected_version=current.version_id)
+"""
+
+
+def test_a_writer_killed_between_temp_file_and_rename_leaves_the_old_document(tmp_path: Path) -> None:
+    path = write(tmp_path / "ring.json", writes_document("old"))
+    before = FileSource("ring", path).load()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_RENAME, str(path)], capture_output=True, timeout=60, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [left_behind] = temporaries(tmp_path)  # it died with the new document written aside
+    assert left_behind.read_bytes() == b'{"writes": ["lost"]}'
+    after = FileSource("ring", path).load()
+    assert after == before  # the old document, whole and readable
+    # the dead writer's lock died with it, and the next write sweeps its temporary away
+    FileSource("ring", path).write(writes_document("old", "next"), expected_version=before.version_id)
+    assert path.read_bytes() == writes_document("old", "next")
+    assert temporaries(tmp_path) == []
+
+
+# -- settings: one declaration of every default, and the README says the same ----------------
+
+
+def _readme_keyring_defaults() -> dict[str, object]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### `[keyrings.<name>]`", 1)[1].split("\n### ", 1)[0]
+    out: dict[str, object] = {}
+    for names, values in re.findall(r"^\| (`[^|]+`) \| (`[^|]+`) \|", section, re.M):
+        for name, value in zip(re.findall(r"`([^`]+)`", names), re.findall(r"`([^`]+)`", values), strict=True):
+            out[name] = tomllib.loads(f"v = {value}")["v"]
+    return out
+
+
+def test_the_readme_documents_the_defaults_the_settings_declare() -> None:
+    declared = {
+        "encoding": DEFAULT_ENCODING,
+        "refresh_interval_seconds": REFRESH_DEFAULTS.interval,
+        "refresh_jitter": REFRESH_DEFAULTS.jitter,
+        "max_staleness_seconds": REFRESH_DEFAULTS.max_staleness,
+        "early_refresh_interval_seconds": REFRESH_DEFAULTS.early_refresh_interval,
+        "backoff_cap_seconds": REFRESH_DEFAULTS.backoff_cap,
+        "create": FILE_DEFAULTS.create,
+        "check_permissions": FILE_DEFAULTS.check_permissions,
+        "connect_timeout_seconds": SECRETS_MANAGER_DEFAULTS.connect_timeout,
+        "read_timeout_seconds": SECRETS_MANAGER_DEFAULTS.read_timeout,
+        "max_attempts": SECRETS_MANAGER_DEFAULTS.max_attempts,
+    }
+    documented = _readme_keyring_defaults()
+    assert {name: documented.get(name) for name in declared} == declared
+    assert RefreshPolicy() == REFRESH_DEFAULTS  # the cache's policy restates nothing
+
+
+def test_config_falls_back_to_the_declared_defaults(tmp_path: Path) -> None:
+    raw = {
+        "keyrings": {
+            "f": {"path": "f.json"},
+            "a": {"source": "aws-secretsmanager", "secret_id": "s"},
+        },
+        "listeners": {"sign": {"port": 0}},
+        "routes": [{"listener": "sign", "mode": "sign", "upstream": "http://127.0.0.1:9", "keyring": "f"}],
+    }
+    keyrings = config_mod.parse(raw, base_dir=tmp_path).keyrings
+    assert keyrings["f"].settings == KeyringSettings("f", FileSourceSettings(tmp_path / "f.json"))
+    assert keyrings["a"].settings == KeyringSettings("a", SecretsManagerSettings("s"))

@@ -3,6 +3,13 @@
 Invariants:
 - every read asks for ``VersionStage="AWSCURRENT"`` explicitly (without it, some
   implementations answer with a stale version);
+- a write is a compare-and-swap (SPEC section 4): ``PutSecretValue`` stores the new version under a
+  unique client request token and a unique per-attempt staging label (never ``AWSCURRENT``), then
+  ``UpdateSecretVersionStage`` moves ``AWSCURRENT`` to it *from the version the writer read*,
+  which Secrets Manager refuses if someone else moved it first -> ``WriteConflict`` (unless
+  ``AWSCURRENT`` sits on our new version: a retried move whose first answer was lost); the
+  temporary label is removed either way, so a lost attempt leaves an unlabelled version that
+  Secrets Manager deprecates on its own;
 - calls are bounded: connect and read timeouts, and botocore's standard retry mode with a
   fixed number of attempts; the cache runs ``load`` off the event loop;
 - errors become one ``SourceError`` line naming the secret and the AWS error *code* with a
@@ -14,8 +21,10 @@ optionally narrowed by ``region``, ``profile`` and ``endpoint_url`` in the confi
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, NoReturn
 
 import boto3
 from botocore.config import Config
@@ -32,7 +41,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from gateway.errors import SourceError
+from gateway.errors import SourceError, WriteConflict
 from gateway.keys.sources import Document
 
 if TYPE_CHECKING:
@@ -51,6 +60,16 @@ _EXPLAIN = {
     "ServiceUnavailable": "Secrets Manager unavailable",
     "InvalidRequestException": "request refused (is the secret scheduled for deletion?)",
 }
+_WRITE_EXPLAIN = {
+    **_EXPLAIN,
+    "AccessDeniedException": "access denied (the writer needs secretsmanager:PutSecretValue and "
+    "secretsmanager:UpdateSecretVersionStage on this secret)",
+    "AccessDenied": "access denied (the writer needs secretsmanager:PutSecretValue and "
+    "secretsmanager:UpdateSecretVersionStage on this secret)",
+    "LimitExceededException": "too many versions of the secret (Secrets Manager's quota)",
+    "EncryptionFailure": "KMS could not encrypt the new value (check the role's kms:GenerateDataKey)",
+}
+_STAGE_PREFIX = "hmac-gateway-write-"  # per-attempt staging labels; AWSCURRENT never goes here
 
 
 class SecretsManagerSource:
@@ -93,29 +112,33 @@ class SecretsManagerSource:
     def _fail(self, why: str) -> SourceError:
         return SourceError(f"{self.description}: {why}")
 
-    def load(self) -> Document:
-        try:
-            response = self._get_client().get_secret_value(SecretId=self.secret_id, VersionStage="AWSCURRENT")
-        except ClientError as exc:
+    def _raise(self, exc: Exception, explain: dict[str, str]) -> NoReturn:
+        """One SourceError line for a boto3 failure: the AWS error code, never its free text."""
+        if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            why = _EXPLAIN.get(code) or (f"HTTP {status}" if status else "request failed")
+            why = explain.get(code) or (f"HTTP {status}" if status else "request failed")
             raise self._fail(f"{code}: {why}") from None
-        except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError):
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
             raise self._fail(
                 "no usable AWS credentials (standard chain: environment, profile, instance or task role)"
             ) from None
-        except NoRegionError:
+        if isinstance(exc, NoRegionError):
             raise self._fail("no AWS region configured (set region in the keyring or AWS_REGION)") from None
-        except ProfileNotFound:
+        if isinstance(exc, ProfileNotFound):
             raise self._fail(f"AWS profile {self.profile!r} not found") from None
-        except (ConnectTimeoutError, ReadTimeoutError):
+        if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
             raise self._fail("timed out waiting for Secrets Manager") from None
-        except EndpointConnectionError:
+        if isinstance(exc, EndpointConnectionError):
             raise self._fail("cannot connect to the Secrets Manager endpoint") from None
-        except BotoCoreError as exc:
-            raise self._fail(f"{type(exc).__name__}") from None
+        raise self._fail(f"{type(exc).__name__}") from None
+
+    def load(self) -> Document:
+        try:
+            response = self._get_client().get_secret_value(SecretId=self.secret_id, VersionStage="AWSCURRENT")
+        except (ClientError, BotoCoreError) as exc:
+            self._raise(exc, _EXPLAIN)
         version_id = response.get("VersionId", "")
         if "SecretString" in response:
             data = response["SecretString"].encode("utf-8")
@@ -124,3 +147,60 @@ class SecretsManagerSource:
         else:
             raise self._fail("the secret has no value")
         return Document(data=data, version_id=version_id)
+
+    def write(self, document: bytes, *, expected_version: str) -> Document:
+        if not expected_version:
+            raise self._fail("a write needs the version it replaces (the secret must exist)")
+        client = self._get_client()
+        label = _STAGE_PREFIX + uuid.uuid4().hex
+        try:
+            value = document.decode("utf-8")
+        except UnicodeDecodeError:
+            value = None
+        try:
+            if value is not None:
+                put = client.put_secret_value(
+                    SecretId=self.secret_id,
+                    SecretString=value,
+                    ClientRequestToken=str(uuid.uuid4()),
+                    VersionStages=[label],
+                )
+            else:
+                put = client.put_secret_value(
+                    SecretId=self.secret_id,
+                    SecretBinary=document,
+                    ClientRequestToken=str(uuid.uuid4()),
+                    VersionStages=[label],
+                )
+        except (ClientError, BotoCoreError) as exc:
+            self._raise(exc, _WRITE_EXPLAIN)
+        new_version = put["VersionId"]
+        try:
+            client.update_secret_version_stage(
+                SecretId=self.secret_id,
+                VersionStage="AWSCURRENT",
+                MoveToVersionId=new_version,
+                RemoveFromVersionId=expected_version,
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code != "InvalidParameterException":
+                self._raise(exc, _WRITE_EXPLAIN)
+            # AWSCURRENT is no longer on the version we read. Either someone else moved it, or a
+            # retry of our own move found it done (the first answer was lost): only we know the
+            # new version's id, so AWSCURRENT on it means our write won.
+            if self.load().version_id != new_version:
+                raise WriteConflict(f"{self.description}: the keyring changed since it was read") from None
+        except BotoCoreError as exc:
+            self._raise(exc, _WRITE_EXPLAIN)
+        finally:
+            self._drop_label(label, new_version)
+        return Document(data=document, version_id=new_version)
+
+    def _drop_label(self, label: str, version_id: str) -> None:
+        # Best effort: a label left behind is harmless (it names no stage anyone reads), and the
+        # write's outcome must not be masked by a failed clean-up.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._get_client().update_secret_version_stage(
+                SecretId=self.secret_id, VersionStage=label, RemoveFromVersionId=version_id
+            )

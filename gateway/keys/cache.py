@@ -14,26 +14,18 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock, system_clock, to_rfc3339
 from gateway.errors import KeyringError
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring
+from gateway.keys.settings import DEFAULT_ENCODING, RefreshPolicy
 from gateway.keys.sources import KeySource
 
+__all__ = ["KeyringCache", "RefreshPolicy"]
+
 log = logging.getLogger("gateway.keys")
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshPolicy:
-    interval: float = 30.0
-    jitter: float = 0.1  # +/- fraction of the interval
-    max_staleness: float = 3600.0  # /readyz turns 503 past this age of the last good load
-    early_refresh_interval: float = 10.0  # min seconds between unknown-key-id refreshes
-    backoff_initial: float = 1.0
-    backoff_cap: float = 60.0
 
 
 class KeyringCache:
@@ -42,7 +34,7 @@ class KeyringCache:
         name: str,
         source: KeySource,
         *,
-        encoding: str = "raw",
+        encoding: str = DEFAULT_ENCODING,
         policy: RefreshPolicy | None = None,
         clock: Clock = system_clock,
         rand: Callable[[], float] = random.random,

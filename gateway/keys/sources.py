@@ -1,19 +1,28 @@
-"""Where keyring documents live. A source reads (and, for the controller, writes) raw bytes;
-parsing is ``formats``' job and caching is ``cache``'s.
+"""Where keyring documents live. A source reads, and writes by compare-and-swap, raw bytes;
+parsing is ``formats``' job, caching is ``cache``'s and wiring one up from settings is
+``factory``'s.
 
 Sources are synchronous and called off the event loop (``asyncio.to_thread``).
 
 Invariants of the file source:
-- the file is created, if asked, with a fresh random primary key, mode 0600, atomically
-  (temp file + rename) under an exclusive lock, so concurrent starts create it once;
-- a file that group or others can read is refused unless the config allows it;
-- a sealed file is opened with the master key from the environment, or not at all.
+- reading never writes: a missing file is an error; only ``create_if_missing`` (serve's
+  start-up, when the config says ``create = true``) makes one;
+- every write happens under an exclusive lock (``<file>.lock``, flock), goes to a temporary
+  file that is fsynced, then renamed over the keyring, then the directory is fsynced: a reader
+  sees the old document or the new one, never a mix, and a crash at any point leaves the old
+  one readable;
+- a write is a compare-and-swap: under the lock the current version is re-read and the write
+  is refused with ``WriteConflict`` unless it is still the version the writer read;
+- the file is mode 0600; a sealed keyring is written sealed; a file that group or others can
+  read is refused unless the config allows it; a sealed file opens with its master key or not
+  at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import os
 import secrets
@@ -24,10 +33,12 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.clock import Clock, system_clock, to_rfc3339
-from gateway.errors import SourceError
+from gateway.errors import SourceError, WriteConflict
 from gateway.keys import sealing
 from gateway.keys.formats import dump_lifecycle
 from gateway.keys.model import Key, Keyring, KeyState
+
+MISSING_VERSION = ""  # the version a write expects when it creates a document that is not there yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,14 @@ class KeySource(Protocol):
     description: str  # for logs and status: never a secret
 
     def load(self) -> Document: ...
+
+    def write(self, document: bytes, *, expected_version: str) -> Document:
+        """Store ``document`` if the stored version is still ``expected_version``.
+
+        Raises ``WriteConflict`` when someone else wrote first (re-read, re-plan, retry), and
+        ``SourceError`` when the outcome is unknown or the write failed.
+        """
+        ...
 
 
 def new_key_id(now: float) -> str:
@@ -59,20 +78,24 @@ def initial_keyring(name: str, now: float) -> Keyring:
     return Keyring(name=name, keys=(key,), signing_key_id=key.id, format="lifecycle")
 
 
+def content_version(plaintext: bytes) -> str:
+    # The content itself decides: an in-place edit within one mtime tick is still a new version,
+    # and re-sealing the same keyring (a fresh nonce) is not.
+    return hashlib.sha256(plaintext).hexdigest()[:32]
+
+
 class FileSource:
     def __init__(
         self,
         name: str,
         path: Path,
         *,
-        create: bool = False,
         seal_key_env: str | None = None,
         check_permissions: bool = True,
         clock: Clock = system_clock,
     ) -> None:
         self.name = name
         self.path = path
-        self.create = create
         self.seal_key_env = seal_key_env
         self.check_permissions = check_permissions
         self.clock = clock
@@ -86,42 +109,11 @@ class FileSource:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            os.close(fd)  # closing releases the lock (and so does the death of the process)
 
-    def ensure_exists(self) -> bool:
-        """Create the keyring if configured to and missing. True if it was created."""
-        if not self.create or self.path.exists():
-            return False
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self._locked():
-                if self.path.exists():
-                    return False
-                document = dump_lifecycle(initial_keyring(self.name, self.clock())).encode()
-                self._write_locked(document)
-        except OSError as exc:
-            raise SourceError(f"{self.description}: cannot create keyring: {exc.strerror}") from None
-        return True
-
-    def _write_locked(self, plaintext: bytes) -> None:
-        data = plaintext
-        if self.seal_key_env:
-            data = sealing.seal(plaintext, sealing.master_key_from_env(self.seal_key_env))
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    # -- reading ----------------------------------------------------------------------------
 
     def load(self) -> Document:
-        self.ensure_exists()
         try:
             with open(self.path, "rb") as handle:
                 info = os.fstat(handle.fileno())
@@ -139,5 +131,66 @@ class FileSource:
             data = sealing.unseal(data, sealing.master_key_from_env(self.seal_key_env), where=self.description)
         elif sealing.is_sealed(data):
             raise SourceError(f"{self.description}: the file is sealed; set seal_key_env in its keyring config")
-        # The content itself decides: an in-place edit within one mtime tick is still a new version.
-        return Document(data=data, version_id=hashlib.sha256(data).hexdigest()[:32])
+        return Document(data=data, version_id=content_version(data))
+
+    def _current_version(self) -> str:
+        if not self.path.exists():
+            return MISSING_VERSION
+        return self.load().version_id
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def create_if_missing(self) -> bool:
+        """Create the keyring with one fresh primary key if it does not exist. True if created."""
+        if self.path.exists():
+            return False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self._locked():
+                if self.path.exists():
+                    return False
+                self._replace_locked(dump_lifecycle(initial_keyring(self.name, self.clock())).encode())
+        except OSError as exc:
+            raise SourceError(f"{self.description}: cannot create keyring: {exc.strerror}") from None
+        return True
+
+    def write(self, document: bytes, *, expected_version: str) -> Document:
+        try:
+            with self._locked():
+                if self._current_version() != expected_version:
+                    raise WriteConflict(f"{self.description}: the keyring changed since it was read")
+                self._replace_locked(document)
+        except OSError as exc:
+            raise SourceError(f"{self.description}: cannot write keyring: {exc.strerror}") from None
+        return Document(data=document, version_id=content_version(document))
+
+    def _replace_locked(self, plaintext: bytes) -> None:
+        """Temp file, fsync, rename, fsync the directory. The caller holds the lock."""
+        data = plaintext
+        if self.seal_key_env:
+            data = sealing.seal(plaintext, sealing.master_key_from_env(self.seal_key_env))
+        self._remove_stale_temporaries()
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+
+    def _remove_stale_temporaries(self) -> None:
+        # Under the lock no other writer is mid-write, so any temporary left is from a writer
+        # that died between writing it and renaming it; it may hold key material.
+        for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 
 from gateway import metrics
 from gateway.clock import Clock, system_clock
-from gateway.config import GatewayConfig, KeyringConfig
-from gateway.keys.aws import SecretsManagerSource
-from gateway.keys.cache import KeyringCache, RefreshPolicy
-from gateway.keys.sources import FileSource, KeySource
+from gateway.config import GatewayConfig
+from gateway.keys.cache import KeyringCache
+from gateway.keys.factory import make_cache
 from gateway.observability import AccessLog, RequestIds
 from gateway.proxy.forward import Upstream
 from gateway.replay import ReplayStore
@@ -59,44 +58,10 @@ class Runtime:
         return {name: cache.status(now) for name, cache in self.caches.items()}
 
 
-def make_source(config: KeyringConfig, clock: Clock) -> KeySource:
-    if config.source == "aws-secretsmanager":
-        return SecretsManagerSource(
-            config.name,
-            config.secret_id,
-            region=config.region,
-            profile=config.profile,
-            endpoint_url=config.endpoint_url,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            max_attempts=config.max_attempts,
-        )
-    return FileSource(
-        config.name,
-        config.path,
-        create=config.create,
-        seal_key_env=config.seal_key_env,
-        check_permissions=config.check_permissions,
-        clock=clock,
-    )
-
-
 @contextlib.asynccontextmanager
 async def keyring_caches(runtime: Runtime, refresh: bool) -> AsyncIterator[None]:
     for name, kc in runtime.config.keyrings.items():
-        runtime.caches[name] = KeyringCache(
-            name,
-            make_source(kc, runtime.clock),
-            encoding=kc.encoding,
-            clock=runtime.clock,
-            policy=RefreshPolicy(
-                interval=kc.refresh_interval,
-                jitter=kc.refresh_jitter,
-                max_staleness=kc.max_staleness,
-                early_refresh_interval=kc.early_refresh_interval,
-                backoff_cap=kc.backoff_cap,
-            ),
-        )
+        runtime.caches[name] = make_cache(kc.settings, runtime.clock)
     tasks = [asyncio.ensure_future(c.run()) for c in runtime.caches.values()] if refresh else []
     try:
         yield
