@@ -156,7 +156,7 @@ def test_every_problem_is_reported_at_once() -> None:
     raw["routes"][1]["upstream"] = "ftp://files.example"  # 5: not http
     problems = problems_of(raw)
     expected = [
-        "[gateway].log_level: must be debug, info, warning or error, got 'loud'",
+        "[gateway].log_level: must be one of debug, info, warning, error, got 'loud'",
         "[gateway]: unknown key 'colour'",
         "[listeners.verify].port: must be an integer, got '8081'",
         "[[routes]] out.keyring: 'nope' is not a configured keyring",
@@ -216,7 +216,7 @@ def test_unknown_keys_are_rejected_at_every_level() -> None:
         (lambda r: r["keyrings"]["main"].update(encoding="utf-8"), "[keyrings.main].encoding: must be one of"),
         (lambda r: r["keyrings"]["main"].update(source="vault"), "[keyrings.main].source: must be"),
         (lambda r: r["keyrings"]["main"].pop("path"), "[keyrings.main].path: required"),
-        (lambda r: r["routes"][0].update(mode="both"), "[[routes]] out.mode: must be 'sign' or 'verify'"),
+        (lambda r: r["routes"][0].update(mode="both"), "[[routes]] out.mode: must be one of sign, verify, got 'both'"),
         (lambda r: r["routes"][0].update(max_body_bytes=-1), "[[routes]] out.max_body_bytes: must be at least 0"),
         (lambda r: r["routes"][0].update(components="@method"), "[[routes]] out.components: must be a list"),
         (lambda r: r["routes"][0].update(components=["@method", 1]), "[[routes]] out.components: must be a list"),
@@ -225,7 +225,10 @@ def test_unknown_keys_are_rejected_at_every_level() -> None:
         (lambda r: r["routes"][0].update(label="Sig1"), "[[routes]] out.label: must be a structured-field key"),
         (lambda r: r["routes"][0].update(tag='a"b'), "[[routes]] out.tag: printable ASCII"),
         (lambda r: r["routes"][1].update(window_past_seconds=0), "[[routes]] in.window_past_seconds: must be"),
-        (lambda r: r["routes"][1].update(public_scheme="ftp"), "[[routes]] in.public_scheme: must be http or https"),
+        (
+            lambda r: r["routes"][1].update(public_scheme="ftp"),
+            "[[routes]] in.public_scheme: must be one of http, https, got 'ftp'",
+        ),
         (lambda r: r.update(routes={"out": {}}), "[[routes]]: at least one route is required"),
         (lambda r: r.update(listeners=["sign"]), "[listeners]: must be a table of named tables"),
         (lambda r: r["gateway"].update(replay_max_entries=0), "[gateway].replay_max_entries: must be at least 1"),
@@ -613,3 +616,39 @@ def test_client_token_env_must_name_a_set_long_enough_token() -> None:
     assert cfg.listeners["sign"].client_token == "t" * 32
     with pytest.raises(ConfigError, match="too short"):
         config_mod.parse(raw, base_dir=Path("/tmp"), environ={"SIGN_TOKEN": "short"})
+
+
+# -- every setting declared once; the README's tables are rendered from the declarations -------
+
+
+def test_the_readme_tables_are_the_declarations() -> None:
+    from gateway.config import docs
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert docs.blocks(readme) == docs.tables(), "run: python -m gateway.config.docs README.md"
+
+
+def test_every_declared_setting_is_read_with_its_declared_default(tmp_path: Path) -> None:
+    """An empty table yields exactly the declared defaults: the parser restates none of them."""
+    from dataclasses import MISSING
+
+    from gateway.config.declare import declared
+
+    raw = {
+        "keyrings": {"r": {"path": "r.json"}},
+        "listeners": {"l": {}},
+        "routes": [{"listener": "l", "mode": "verify", "upstream": "http://127.0.0.1:9", "keyring": "r"}],
+        "echo": {"port": 0},
+    }
+    cfg = config_mod.parse(raw, base_dir=tmp_path)
+    objects = {
+        config_mod.GatewayConfig: cfg,
+        config_mod.ListenerConfig: cfg.listeners["l"],
+        config_mod.KeyringConfig: cfg.keyrings["r"],
+        config_mod.RouteConfig: cfg.routes[0],
+    }
+    for cls, obj in objects.items():
+        for attr, _, default, _ in declared(cls):
+            if default is MISSING or attr in ("path", "port"):
+                continue  # required values, and the ones this config sets
+            assert getattr(obj, attr) == (None if attr == "tag" and default == "" else default), (cls, attr)
