@@ -104,7 +104,7 @@ COVERED = {
     "deploy/systemd/hmac-gateway-rotate.timer": "test_systemd_*",
     "deploy/container/Dockerfile": "test_dockerfile_*",
     "deploy/container/Dockerfile.dockerignore": "test_dockerignore_sends_only_what_the_build_copies",
-    "deploy/container/healthcheck.py": "test_container_healthcheck_against_a_running_gateway",
+    "deploy/container/healthcheck.py": "test_container_healthcheck_*",
     "deploy/kubernetes/configmap.yaml": "test_kubernetes_*",
     "deploy/kubernetes/deployment.yaml": "test_kubernetes_*",
     "deploy/kubernetes/service.yaml": "test_kubernetes_*",
@@ -357,6 +357,15 @@ def running_gateway(tmp_path: Path) -> Iterator[int]:
         assert proc.wait(timeout=20) == 0  # SIGTERM drains and exits 0
 
 
+def test_container_healthcheck_is_lint_clean() -> None:
+    """healthcheck.py lives outside the directories scripts/test lints: lint it here."""
+    ruff = tool("ruff", "PyPI ruff, in the test extra")
+    script = str(CONTAINER / "healthcheck.py")
+    for args in (["check", script], ["format", "--check", script]):
+        result = run([ruff, *args], cwd=ROOT)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_container_healthcheck_against_a_running_gateway(running_gateway: int) -> None:
     script = str(CONTAINER / "healthcheck.py")
 
@@ -472,6 +481,7 @@ def test_kubernetes_pods_run_non_root_on_a_read_only_root() -> None:
         docs["CronJob/hmac-gateway-rotate"]["spec"]["jobTemplate"]["spec"]["template"]["spec"],
     ]
     for pod in pods:
+        assert pod["automountServiceAccountToken"] is False, "AWS access via IRSA, no Kubernetes API token"
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == uid
         assert f"ServiceAccount/{pod['serviceAccountName']}" in docs
