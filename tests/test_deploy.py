@@ -214,7 +214,8 @@ def test_systemd_exec_start_hands_the_credential_to_seal_key_env(tmp_path: Path)
     """The wrapper in ExecStart moves the LoadCredential file into $HMAC_GATEWAY_MASTER_KEY."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    (credentials / "master-key").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    master_key = base64.b64encode(os.urandom(32)).decode()
+    (credentials / "master-key").write_text(master_key + "\n")
     config = tmp_path / "gateway.toml"
     config.write_text(
         '[keyrings.p2b]\nsource = "file"\npath = "p2b.json"\ncreate = true\nseal_key_env = "HMAC_GATEWAY_MASTER_KEY"\n'
@@ -223,10 +224,15 @@ def test_systemd_exec_start_hands_the_credential_to_seal_key_env(tmp_path: Path)
     )
     env = {k: v for k, v in os.environ.items() if k != "HMAC_GATEWAY_MASTER_KEY"}
     env["HMAC_GATEWAY_CONFIG"] = str(config)
-    exec_start = unit("hmac-gateway.service")["Service"]["ExecStart"][0]
-    created = run(exec_start_as_shell(exec_start, credentials, "keys"), env=env)
-    assert created.returncode == 0, created.stderr
+    # serve creates a missing keyring (keys never writes): create it as serve's start-up would
+    provision = "from gateway import config; from gateway.keys.factory import provision; "
+    provision += "provision(config.load(config.resolve_path(None)).keyrings['p2b'].settings)"
+    made = run([sys.executable, "-c", provision], env={**env, "HMAC_GATEWAY_MASTER_KEY": master_key})
+    assert made.returncode == 0, made.stderr
     assert json.loads((tmp_path / "p2b.json").read_text())["hmac_gateway_sealed"] == 1
+    exec_start = unit("hmac-gateway.service")["Service"]["ExecStart"][0]
+    opened = run(exec_start_as_shell(exec_start, credentials, "keys"), env=env)
+    assert opened.returncode == 0 and "p2b" in opened.stdout, opened.stderr
     # without the wrapper the sealed file cannot be opened: the key really came from the credential
     bare = run([str(GATEWAY), "keys"], env=env)
     assert bare.returncode == 3 and "HMAC_GATEWAY_MASTER_KEY" in bare.stderr
