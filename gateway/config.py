@@ -65,7 +65,7 @@ class ListenerConfig:
 
 
 SOURCES = ("file", "aws-secretsmanager")
-_FILE_KEYS = ("path", "create", "seal_key_env", "check_permissions")
+_FILE_KEYS = ("path", "create", "seal_key_env", "previous_seal_key_env", "check_permissions")
 _AWS_KEYS = (
     "secret_id",
     "region",
@@ -93,6 +93,7 @@ class KeyringConfig:
     path: Path = FILE_DEFAULTS.path
     create: bool = FILE_DEFAULTS.create
     seal_key_env: str | None = FILE_DEFAULTS.seal_key_env
+    previous_seal_key_env: str | None = FILE_DEFAULTS.previous_seal_key_env
     check_permissions: bool = FILE_DEFAULTS.check_permissions
     # aws-secretsmanager
     secret_id: str = SECRETS_MANAGER_DEFAULTS.secret_id
@@ -108,6 +109,8 @@ class KeyringConfig:
     max_staleness: float = REFRESH_DEFAULTS.max_staleness
     early_refresh_interval: float = REFRESH_DEFAULTS.early_refresh_interval
     backoff_cap: float = REFRESH_DEFAULTS.backoff_cap
+    # verifiers outside the gateway (gateway.rotation.hooks)
+    propagation_lambdas: tuple[str, ...] = ()
 
     @property
     def settings(self) -> KeyringSettings:
@@ -127,6 +130,7 @@ class KeyringConfig:
                 path=self.path,
                 create=self.create,
                 seal_key_env=self.seal_key_env,
+                previous_seal_key_env=self.previous_seal_key_env,
                 check_permissions=self.check_permissions,
             )
         refresh = RefreshPolicy(
@@ -136,7 +140,13 @@ class KeyringConfig:
             early_refresh_interval=self.early_refresh_interval,
             backoff_cap=self.backoff_cap,
         )
-        return KeyringSettings(name=self.name, source=source, encoding=self.encoding, refresh=refresh)
+        return KeyringSettings(
+            name=self.name,
+            source=source,
+            encoding=self.encoding,
+            refresh=refresh,
+            propagation_lambdas=self.propagation_lambdas,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,6 +600,7 @@ def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str
             path=path if path.is_absolute() else base_dir / path,
             create=r.flag("create", FILE_DEFAULTS.create),
             seal_key_env=r.text("seal_key_env", FILE_DEFAULTS.seal_key_env),
+            previous_seal_key_env=r.text("previous_seal_key_env", FILE_DEFAULTS.previous_seal_key_env),
             check_permissions=r.flag("check_permissions", FILE_DEFAULTS.check_permissions),
             secret_id=secret_id,
             region=r.text("region", SECRETS_MANAGER_DEFAULTS.region),
@@ -603,7 +614,10 @@ def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str
             max_staleness=r.number("max_staleness_seconds", REFRESH_DEFAULTS.max_staleness),
             early_refresh_interval=r.number("early_refresh_interval_seconds", REFRESH_DEFAULTS.early_refresh_interval),
             backoff_cap=r.number("backoff_cap_seconds", REFRESH_DEFAULTS.backoff_cap),
+            propagation_lambdas=r.str_list("propagation_lambdas", ()),
         )
+        if out[name].previous_seal_key_env and not out[name].seal_key_env:
+            problems.append(f"{where}.previous_seal_key_env: needs seal_key_env (the new master key's variable)")
         if out[name].refresh_jitter >= 1:
             problems.append(f"{where}.refresh_jitter: must be a fraction below 1")
         r.finish()
