@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.config import Config
 import pytest
+from botocore.config import Config
 from moto.backends import get_backend
 
 from gateway.keys.aws import SecretsManagerSource

@@ -89,16 +89,16 @@ def _force_cold_start(client: LambdaClient, function: str, version_id: str) -> s
             if variables.get(VERSION_VARIABLE) == version_id:
                 return None  # already told: a repeat must not cold-start the fleet again
             variables[VERSION_VARIABLE] = version_id
+            # AWS always answers with a RevisionId; an emulator that does not gets a plain update
+            revision = {"RevisionId": current["RevisionId"]} if current.get("RevisionId") else {}
             client.update_function_configuration(
-                FunctionName=function,
-                Environment={"Variables": variables},
-                RevisionId=current["RevisionId"],
+                FunctionName=function, Environment={"Variables": variables}, **revision
             )
             return None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
             if code != "PreconditionFailedException":  # anything but "someone else changed it first"
                 return code
-        except (BotoCoreError, KeyError) as exc:
+        except BotoCoreError as exc:
             return type(exc).__name__
     return f"its configuration kept changing under us ({_ATTEMPTS} attempts)"
