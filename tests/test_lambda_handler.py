@@ -371,3 +371,15 @@ def test_packaging_script_builds_a_zip_whose_handler_imports(tmp_path: Path) -> 
         env={**os.environ, "PYTHONPATH": str(tmp_path / "unpacked")},
     )
     assert result.stdout.strip().startswith(str(tmp_path / "unpacked")), result.stderr
+
+
+async def test_a_lost_answer_to_the_move_is_absorbed_by_the_clients_own_retry(moto: FaultyMotoServer, sm: Any) -> None:
+    rig = Rig(moto, sm, {"key-v1": random_secret()})
+    token = rig.begin()
+    for step in STEPS[:3]:
+        rig.step(token, step)
+    # applied, answered 500; the retry's "AWSCURRENT is not on the base" is our own move, not a rival's
+    moto.injector.inject(Fault("lost_answer", action="UpdateSecretVersionStage", times=1))
+    rig.step(token, "finishSecret")
+    assert rig.current()[0] == token and "AWSPENDING" in rig.stages()[token]
+    assert rig.notified.calls == [("ring", token)]

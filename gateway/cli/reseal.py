@@ -113,6 +113,4 @@ def run(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-COMMAND = Command(
-    "reseal", "re-seal a sealed file keyring under a new master key (keys from env vars)", add_arguments, run
-)
+COMMAND = Command("reseal", "re-seal a file keyring under a new master key", add_arguments, run)
