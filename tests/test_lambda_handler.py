@@ -24,6 +24,7 @@ import pytest
 from botocore.config import Config
 from moto.backends import get_backend
 
+from gateway.errors import ConfigError
 from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.cache import KeyringCache
 from gateway.keys.formats import parse_keyring
@@ -383,3 +384,38 @@ async def test_a_lost_answer_to_the_move_is_absorbed_by_the_clients_own_retry(mo
     rig.step(token, "finishSecret")
     assert rig.current()[0] == token and "AWSPENDING" in rig.stages()[token]
     assert rig.notified.calls == [("ring", token)]
+
+
+def test_the_keyring_is_found_by_the_rotated_secret_never_lent_from_another(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        """
+[keyrings.a]
+source = "aws-secretsmanager"
+secret_id = "hmac/a"
+refresh_interval_seconds = 10
+propagation_lambdas = ["verifier-a"]
+
+[keyrings.b]
+source = "aws-secretsmanager"
+secret_id = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hmac/b-AbCdEf"
+
+[listeners.v]
+port = 8081
+
+[[routes]]
+name = "in"
+listener = "v"
+mode = "verify"
+upstream = "http://127.0.0.1:9"
+keyring = "a"
+"""
+    )
+    arn_a = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hmac/a-XyZ123"
+    target = lambda_handler.resolver_from_config(str(config))({"ARN": arn_a, "Name": "hmac/a"})
+    assert target.settings.name == "a" and target.settings.propagation_lambdas == ("verifier-a",)
+    assert target.policy.propagation_delay == 82  # from a's refresh settings: ceil(10 s * 1.1 * 2 + 60 s)
+    arn_b = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hmac/b-AbCdEf"
+    assert lambda_handler.resolver_from_config(str(config))({"ARN": arn_b, "Name": "hmac/b"}).settings.name == "b"
+    with pytest.raises(ConfigError, match="no keyring 'a' with source aws-secretsmanager"):
+        lambda_handler.resolver_from_config(str(config), "a")({"ARN": arn_b, "Name": "hmac/b"})

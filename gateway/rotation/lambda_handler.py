@@ -34,7 +34,7 @@ Invariants:
 Configuration (environment of the Lambda): ``HMAC_GATEWAY_CONFIG`` names the gateways' TOML config
 (packaged with the function), whose keyring with this secret's ``secret_id`` gives the encoding,
 the refresh settings (hence the propagation delay) and ``propagation_lambdas``;
-``HMAC_GATEWAY_KEYRING`` picks the keyring by name instead.
+``HMAC_GATEWAY_KEYRING`` picks one by name when several keyrings name the secret.
 """
 
 from __future__ import annotations
@@ -101,15 +101,12 @@ def resolver_from_config(path: str, keyring: str | None = None) -> Resolver:
         names = {str(secret.get("ARN", "")), str(secret.get("Name", ""))} - {""}
         for name, kc in cfg.keyrings.items():
             source = kc.settings.source
-            wanted = (
-                name == keyring
-                if keyring
-                else isinstance(source, SecretsManagerSettings) and (source.secret_id in names)
-            )
-            if wanted:
+            # HMAC_GATEWAY_KEYRING picks among several keyrings on one secret; it never lends
+            # another secret's keyring (its refresh settings, its hooks) to this one
+            if keyring in (None, name) and isinstance(source, SecretsManagerSettings) and source.secret_id in names:
                 return Target(kc.settings, policy_for(kc.settings))
-        which = f"keyring {keyring!r}" if keyring else f"a keyring with secret_id {sorted(names)[0]!r}"
-        raise ConfigError([f"{path}: no {which}"])
+        which = f"keyring {keyring!r} " if keyring else "keyring "
+        raise ConfigError([f"{path}: no {which}with source aws-secretsmanager and secret_id {sorted(names)[-1]!r}"])
 
     return resolve
 
