@@ -276,6 +276,8 @@ def _default_rotator() -> Rotator:
     """Built once per execution environment (a cold start), reused by warm invocations."""
     global _rotator  # noqa: PLW0603 - Lambda keeps module state between warm invocations on purpose
     if _rotator is None:
+        # Lambda's runtime leaves our loggers at WARNING: each step's plan belongs in CloudWatch
+        logging.getLogger("hmac_gateway.rotation").setLevel(logging.INFO)
         path = os.environ.get(config_mod.CONFIG_ENV)
         if not path:
             raise ConfigError([f"${config_mod.CONFIG_ENV} must name the gateways' config file"])
