@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from gateway.keys.settings import FileSourceSettings, KeyringSettings, SecretsManagerSettings
 from gateway.rotation.hooks import VERSION_VARIABLE, notify_verifiers
@@ -141,3 +142,34 @@ def test_the_client_comes_from_the_standard_aws_chain(
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)  # what a deployment sets only for tests or VPC endpoints
     assert notify_verifiers(ring(name), "v-3") == []
     assert environment(lam, name)[VERSION_VARIABLE] == "v-3"
+
+
+def test_a_concurrent_configuration_change_is_retried_on_top_never_overwritten() -> None:
+    """moto neither returns nor checks RevisionId, so this one runs against a scripted client
+    answering as AWS does when someone else changed the function between our read and write."""
+
+    class Racing:
+        def __init__(self, losses: int) -> None:
+            self.losses, self.revision, self.env = losses, "r1", {"OTHER": "x"}
+            self.sent: list[dict[str, str]] = []
+
+        def get_function_configuration(self, **kwargs: Any) -> Mapping[str, Any]:
+            return {"RevisionId": self.revision, "Environment": {"Variables": dict(self.env)}}
+
+        def update_function_configuration(self, **kwargs: Any) -> Mapping[str, Any]:
+            if self.losses:
+                self.losses -= 1
+                self.revision, self.env = self.revision + "+", {**self.env, "THEIRS": self.revision}
+                error = {"Error": {"Code": "PreconditionFailedException", "Message": "revision moved"}}
+                raise ClientError(error, "UpdateFunctionConfiguration")  # type: ignore[arg-type]
+            assert kwargs["RevisionId"] == self.revision
+            self.env = kwargs["Environment"]["Variables"]
+            self.sent.append(self.env)
+            return {}
+
+    once = Racing(losses=1)
+    assert notify_verifiers(ring("f"), "v-5", client=once) == []  # type: ignore[arg-type]
+    assert once.env == {"OTHER": "x", "THEIRS": "r1", VERSION_VARIABLE: "v-5"}  # their change kept
+    always = Racing(losses=10)
+    (error,) = notify_verifiers(ring("f"), "v-5", client=always)
+    assert "kept changing" in error and always.sent == []
