@@ -91,7 +91,14 @@ class KeyringConfig:
         "`check-config` never write it",
     )
     seal_key_env: str | None = setting(
-        FILE_DEFAULTS.seal_key_env, "name of the env var holding the base64 AES-256 master key of a sealed file"
+        FILE_DEFAULTS.seal_key_env,
+        "name of the env var holding the base64 AES-256 master key of a sealed file (during a master-key change: "
+        "the **new** key)",
+    )
+    previous_seal_key_env: str | None = setting(
+        FILE_DEFAULTS.previous_seal_key_env,
+        "during a master-key change, the env var holding the **old** key: the file opens with either, and is "
+        "always written under `seal_key_env`'s (see [Re-sealing a keyring file](#re-sealing-a-keyring-file))",
     )
     check_permissions: bool = setting(
         FILE_DEFAULTS.check_permissions, "refuse a keyring file that group or others can read"
@@ -137,6 +144,13 @@ class KeyringConfig:
         "cap of the exponential back-off (1 s, 2 s, 4 s, …) after failed refreshes",
         key="backoff_cap_seconds",
     )
+    # verifiers outside the gateway (gateway.rotation.hooks)
+    propagation_lambdas: tuple[str, ...] = setting(
+        (),
+        "names of Lambda functions that verify with this keyring outside the gateway: after each write by the "
+        "rotation Lambda each is made to cold start so it loads the new version (see "
+        "[Rotation Lambda](#rotation-lambda))",
+    )
 
     @property
     def settings(self) -> KeyringSettings:
@@ -156,6 +170,7 @@ class KeyringConfig:
                 path=self.path,
                 create=self.create,
                 seal_key_env=self.seal_key_env,
+                previous_seal_key_env=self.previous_seal_key_env,
                 check_permissions=self.check_permissions,
             )
         refresh = RefreshPolicy(
@@ -165,10 +180,16 @@ class KeyringConfig:
             early_refresh_interval=self.early_refresh_interval,
             backoff_cap=self.backoff_cap,
         )
-        return KeyringSettings(name=self.name, source=source, encoding=self.encoding, refresh=refresh)
+        return KeyringSettings(
+            name=self.name,
+            source=source,
+            encoding=self.encoding,
+            refresh=refresh,
+            propagation_lambdas=self.propagation_lambdas,
+        )
 
 
-FILE_KEYS = ("path", "create", "seal_key_env", "check_permissions")
+FILE_KEYS = ("path", "create", "seal_key_env", "previous_seal_key_env", "check_permissions")
 AWS_KEYS = (
     "secret_id",
     "region",

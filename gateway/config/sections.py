@@ -78,6 +78,8 @@ def parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str,
             problems.append(f"{where}.endpoint_url: must be an http(s) URL")
         if values["encoding"] not in ENCODINGS:
             problems.append(f"{where}.encoding: must be one of {', '.join(ENCODINGS)}, got {values['encoding']!r}")
+        if values["previous_seal_key_env"] and not values["seal_key_env"]:
+            problems.append(f"{where}.previous_seal_key_env: needs seal_key_env (the new master key's variable)")
         if values["refresh_jitter"] >= 1:
             problems.append(f"{where}.refresh_jitter: must be a fraction below 1")
         out[name] = KeyringConfig(name=name, **values)

@@ -19,7 +19,12 @@ from gateway.keys.sources import FileSource, KeySource
 
 def _file_source(name: str, source: FileSourceSettings, clock: Clock) -> FileSource:
     return FileSource(
-        name, source.path, seal_key_env=source.seal_key_env, check_permissions=source.check_permissions, clock=clock
+        name,
+        source.path,
+        seal_key_env=source.seal_key_env,
+        previous_seal_key_env=source.previous_seal_key_env,
+        check_permissions=source.check_permissions,
+        clock=clock,
     )
 
 

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,21 +68,54 @@ def seal(plaintext: bytes, master: bytes) -> bytes:
     return (json.dumps(envelope, indent=2) + "\n").encode()
 
 
-def unseal(document: bytes, master: bytes, *, where: str) -> bytes:
+def _envelope(document: bytes, where: str) -> tuple[str, bytes, bytes]:
     try:
         envelope = json.loads(document)
         if envelope.get(SEALED_MARKER) != 1 or envelope.get("alg") != "AES-256-GCM":
             raise SealError(f"{where}: unsupported sealed-file version or algorithm")
-        key_check = envelope["key_check"]
+        key_check = str(envelope["key_check"])
         nonce = base64.b64decode(envelope["nonce"], validate=True)
         ciphertext = base64.b64decode(envelope["ciphertext"], validate=True)
     except SealError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         raise SealError(f"{where}: sealed file is corrupt (envelope unreadable)") from None
-    if not hmac.compare_digest(str(key_check), _check(master)):
-        raise SealError(f"{where}: wrong master key (the file was sealed under a different key)")
+    return key_check, nonce, ciphertext
+
+
+def _open(master: bytes, nonce: bytes, ciphertext: bytes, where: str) -> bytes:
     try:
         return AESGCM(master).decrypt(nonce, ciphertext, _AAD)
     except (InvalidTag, ValueError):
         raise SealError(f"{where}: sealed file is corrupt (authentication failed)") from None
+
+
+def unseal(document: bytes, master: bytes, *, where: str) -> bytes:
+    key_check, nonce, ciphertext = _envelope(document, where)
+    if not hmac.compare_digest(key_check, _check(master)):
+        raise SealError(f"{where}: wrong master key (the file was sealed under a different key)")
+    return _open(master, nonce, ciphertext, where)
+
+
+def unseal_any(document: bytes, variables: Sequence[str], *, where: str) -> tuple[bytes, str]:
+    """Open ``document`` with the first master key, in the order of ``variables``, that sealed it.
+
+    Returns the plaintext and the variable whose key opened it. During a master-key change the
+    list is (new, previous): the check tells which key sealed the file, so a file sealed under
+    neither is "wrong master key" and one whose check matches but whose tag fails is "corrupt",
+    exactly as with one key. A variable that is not set is skipped, unless none is set.
+    """
+    key_check, nonce, ciphertext = _envelope(document, where)
+    present = [v for v in variables if os.environ.get(v)]
+    if not present:
+        raise SealError(
+            f"the keyring is sealed but ${variables[0]} (its master key) is not set"
+            if len(variables) == 1
+            else f"the keyring is sealed but none of {', '.join('$' + v for v in variables)} is set"
+        )
+    for variable in present:
+        master = master_key_from_env(variable)
+        if hmac.compare_digest(key_check, _check(master)):
+            return _open(master, nonce, ciphertext, where), variable
+    tried = " nor ".join("$" + v for v in present)
+    raise SealError(f"{where}: wrong master key (the file was sealed under neither {tried})")

@@ -20,6 +20,8 @@ class FileSourceSettings:
     path: Path
     create: bool = False
     seal_key_env: str | None = None  # the variable holding the master key; never the key
+    # during a master-key change (``reseal``): the variable holding the old key, tried second
+    previous_seal_key_env: str | None = None
     check_permissions: bool = True
 
     @property
@@ -67,6 +69,9 @@ class KeyringSettings:
     source: SourceSettings
     encoding: str = DEFAULT_ENCODING
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
+    # Lambda functions that verify with this keyring outside the gateway: each is made to cold
+    # start after every write (``gateway.rotation.hooks``) so it loads the new keys
+    propagation_lambdas: tuple[str, ...] = ()
 
 
 # The defaults, as values: what config falls back to when a key is absent.

@@ -15,7 +15,8 @@ Invariants of the file source:
   is refused with ``WriteConflict`` unless it is still the version the writer read;
 - the file is mode 0600; a sealed keyring is written sealed; a file that group or others can
   read is refused unless the config allows it; a sealed file opens with its master key or not
-  at all.
+  at all — during a master-key change, with ``seal_key_env``'s key or ``previous_seal_key_env``'s,
+  and it is always written under ``seal_key_env``'s.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ class FileSource:
         path: Path,
         *,
         seal_key_env: str | None = None,
+        previous_seal_key_env: str | None = None,
         check_permissions: bool = True,
         clock: Clock = system_clock,
     ) -> None:
         self.name = name
         self.path = path
         self.seal_key_env = seal_key_env
+        self.previous_seal_key_env = previous_seal_key_env
         self.check_permissions = check_permissions
         self.clock = clock
         self.description = f"file:{path}"
@@ -114,6 +117,10 @@ class FileSource:
     # -- reading ----------------------------------------------------------------------------
 
     def load(self) -> Document:
+        return self.load_sealed()[0]
+
+    def load_sealed(self) -> tuple[Document, str | None]:
+        """The document, and the variable whose master key opened it (None: not sealed)."""
         try:
             with open(self.path, "rb") as handle:
                 info = os.fstat(handle.fileno())
@@ -127,11 +134,13 @@ class FileSource:
                 f"{self.description}: mode {stat.S_IMODE(info.st_mode):04o} lets others read the keyring; "
                 f"run chmod 600 on it (or set check_permissions = false)"
             )
+        opened_with = None
         if self.seal_key_env:
-            data = sealing.unseal(data, sealing.master_key_from_env(self.seal_key_env), where=self.description)
+            variables = [self.seal_key_env, *([self.previous_seal_key_env] if self.previous_seal_key_env else [])]
+            data, opened_with = sealing.unseal_any(data, variables, where=self.description)
         elif sealing.is_sealed(data):
             raise SourceError(f"{self.description}: the file is sealed; set seal_key_env in its keyring config")
-        return Document(data=data, version_id=content_version(data))
+        return Document(data=data, version_id=content_version(data)), opened_with
 
     def _current_version(self) -> str:
         if not self.path.exists():
