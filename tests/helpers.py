@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from multidict import CIMultiDict
 
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring
+from gateway.signing.scheme import RequestView
 
 VECTORS = Path(__file__).parent / "vectors"
 SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -64,3 +67,34 @@ def lib_verifier(keys: dict[str, bytes]) -> HTTPMessageVerifier:
 
 
 REQUIRED = ("@method", "@authority", "@path", "@query", "content-digest")
+
+
+def b2_view(vector: Any) -> RequestView:
+    """The RFC 9421 Appendix B.2 test request (from tests/vectors/rfc9421-b25.json)."""
+    req = vector["request"]
+    headers: CIMultiDict[str] = CIMultiDict(req["headers"])
+    path, _, query = req["target"].partition("?")
+    return RequestView(
+        method=req["method"], authority=headers["Host"], path=path, query=query, headers=headers, scheme=req["scheme"]
+    )
+
+
+def b2_keyring(vector: Any) -> Keyring:
+    return parse_keyring("rfc", json.dumps({vector["key_id"]: vector["key_base64"]}), encoding="base64")
+
+
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send exact bytes to 127.0.0.1:port (nothing sanitises them) and read the whole answer;
+    the request should say ``Connection: close``. Returns (status, body)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), data[:200]
+    return int(head.split(b" ", 2)[1]), body

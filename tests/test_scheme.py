@@ -1,0 +1,108 @@
+"""The scheme seam (gateway/signing/scheme.py, registry.py) and what a verify route does with it:
+the replay entry lives until the scheme's ``replay_until``, whichever instance's clock wrote it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from gateway import config as config_mod
+from gateway.replay.memory import MemoryReplayStore
+from gateway.signing import registry, rfc9421
+from gateway.signing.scheme import Scheme
+from tests.conftest import Gateway, GatewayFactory, Recorder
+from tests.helpers import REQUIRED, FakeClock, lib_message, lib_signer, random_secret
+
+
+def test_registry_maps_scheme_names_to_verifiers() -> None:
+    assert set(registry.SCHEMES) == {"rfc9421"}
+    assert all(isinstance(s, Scheme) and s.name == name for name, s in registry.SCHEMES.items())
+    policy = rfc9421.VerifyPolicy(window_past=60)
+    verifier = registry.verifier_for("rfc9421", policy)
+    assert isinstance(verifier, rfc9421.Rfc9421Verifier) and verifier.policy is policy
+    with pytest.raises(KeyError):
+        registry.verifier_for("github", policy)
+    with pytest.raises(TypeError, match="VerifyPolicy"):
+        registry.verifier_for("rfc9421", object())
+
+
+def test_config_accepts_exactly_the_registered_schemes() -> None:
+    assert tuple(config_mod.SCHEMES) == tuple(registry.SCHEMES)
+
+
+# -- instances on different clocks, one replay store (issue 9 item 8) -------------------------
+
+
+def signed_headers(gw: Gateway, host: str, created: float) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict({"Host": host, "Content-Type": "application/json"})
+    lib_signer({k: v.encode() for k, v in gw.keys.items()}).sign(
+        lib_message("POST", f"http://{host}/hooks/pay?id=7", headers),
+        key_id="key-v1",
+        created=datetime.datetime.fromtimestamp(created, tz=datetime.UTC),
+        nonce=random_secret()[:24],
+        covered_component_ids=REQUIRED,
+        body=BODY,
+    )
+    return headers
+
+
+BODY = b'{"amount": 42}'
+
+
+async def post(gw: Gateway, headers: CIMultiDict[str]) -> tuple[int, str]:
+    url = gw.url("verify", "/hooks/pay?id=7")
+    async with aiohttp.ClientSession() as session, session.post(url, data=BODY, headers=headers) as resp:
+        text = await resp.text()
+        return resp.status, json.loads(text).get("reason", "") if resp.status != 200 else ""
+
+
+async def test_replay_is_refused_on_a_lagging_instance_sharing_the_store(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    """One instance's clock runs 25 s ahead, another's 4 s behind (29 s apart, inside the 30 s
+    future window). The fast one accepts a request first; the slow one must refuse the replay
+    for as long as its own window still takes the signature."""
+    store_clock = clock  # the shared store's own clock (Redis expires by its server's time)
+    store = MemoryReplayStore(clock=store_clock)
+    ahead, behind = FakeClock(store_clock.now + 25), FakeClock(store_clock.now - 4)
+    gw_ahead = await make_gateway(own_clock=ahead, replay=store)
+    gw_behind = await make_gateway(keys=gw_ahead.keys, own_clock=behind, replay=store)
+    created = int(store_clock.now)
+    headers = signed_headers(gw_ahead, "hooks.example", created)
+
+    assert await post(gw_ahead, headers) == (200, "")
+    assert await post(gw_behind, headers) == (401, "replayed")
+
+    def advance(seconds: float) -> None:
+        for c in (store_clock, ahead, behind):
+            c.advance(seconds)
+
+    advance(290)  # the fast instance's own window says stale; the slow one's still says fresh
+    assert await post(gw_ahead, headers) == (401, "stale")
+    assert await post(gw_behind, headers) == (401, "replayed")
+    advance(created + 300 - behind.now)  # the slow instance's last fresh second
+    assert await post(gw_behind, headers) == (401, "replayed")
+    advance(1)
+    assert await post(gw_behind, headers) == (401, "stale")
+    assert len(upstream.received) == 1
+
+
+async def test_replay_ttl_is_replay_until_minus_now(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    remembered: list[float] = []
+
+    class Recording(MemoryReplayStore):
+        async def remember(self, key: bytes, ttl: float) -> bool:
+            remembered.append(ttl)
+            return await super().remember(key, ttl)
+
+    gw = await make_gateway(replay=Recording(clock=clock))
+    created = int(clock.now)
+    clock.now = created + 100.5
+    assert await post(gw, signed_headers(gw, "hooks.example", created)) == (200, "")
+    assert remembered == [300 + 30 - 100.5]
