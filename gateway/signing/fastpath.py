@@ -43,10 +43,11 @@ class FastInput(NamedTuple):
 
 def fast_head(head: str) -> tuple[str, str, tuple[Component, ...]] | None:
     """(label, "(...)" as sent, components) for a canonical ``label=("a" "b")``, else None."""
-    with _CACHE_LOCK:
-        cached = _HEAD_CACHE.get(head)
-    if cached is not None:
-        return cached
+    try:
+        with _CACHE_LOCK:
+            return _HEAD_CACHE[head]  # [] not .get(): Cache.get looks the key up twice
+    except KeyError:
+        pass
     match = _FAST_HEAD.fullmatch(head)
     if match is None:
         return None

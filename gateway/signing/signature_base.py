@@ -103,8 +103,11 @@ _CACHE_LOCK = threading.Lock()
 
 
 def plain_component_cached(name: str) -> Component | None:
-    with _CACHE_LOCK:
-        return _PLAIN_COMPONENTS.get(name)
+    try:
+        with _CACHE_LOCK:
+            return _PLAIN_COMPONENTS[name]  # [] not .get(): Cache.get looks the key up twice
+    except KeyError:
+        return None
 
 
 def plain_component(name: str) -> Component:
