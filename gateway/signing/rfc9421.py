@@ -1,7 +1,8 @@
 """RFC 9421 HTTP Message Signatures with ``hmac-sha256``: sign, and verify as a ``scheme.Verifier``.
 
 Pure functions over a ``RequestView``; no I/O. The pipeline mirrors the RFC, each step a
-function: component values -> signature base (``signature_base``) -> HMAC -> header values.
+function: ``component_value`` -> ``signature_base`` (both in ``signature_base.py``) ->
+``signature_mac`` -> header values.
 
 Verification runs the cheap checks first (structure, parameters, coverage, freshness, key id:
 ``check_headers``) and only then the digest and the MAC (``check_body``), compared in constant
@@ -68,12 +69,18 @@ __all__ = [  # this module's own names, and the pipeline's, under the name calle
     "parse_components",
     "sign",
     "signature_base",
+    "signature_mac",
     "signature_params",
     "verify",
 ]
 
 
 # -- signing --------------------------------------------------------------------------------
+
+
+def signature_mac(key: Key, base: bytes) -> bytes:
+    """The pipeline's last step: HMAC-SHA256 of the signature base (RFC 9421 §3.3.3)."""
+    return hmac.digest(key.material, base, "sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +101,7 @@ def sign(
     include_alg: bool = True,
 ) -> SignatureHeaders:
     params = signature_params(components, created=created, key_id=key.id, nonce=nonce, tag=tag, include_alg=include_alg)
-    base = signature_base(request, components, params)
-    mac = hmac.digest(key.material, base, "sha256")
+    mac = signature_mac(key, signature_base(request, components, params))
     return SignatureHeaders(
         signature_input=f"{label}={params}", signature=f"{label}=:{base64.b64encode(mac).decode()}:"
     )
@@ -306,7 +312,7 @@ def _check_digest_and_mac(request: RequestView, body: bytes, candidate: Candidat
         raise VerificationError(Reason.MALFORMED_SIGNATURE, str(exc)) from None
     provided = candidate.provided
     for key in candidate.keys:
-        if hmac.compare_digest(hmac.digest(key.material, base, "sha256"), provided):
+        if hmac.compare_digest(signature_mac(key, base), provided):
             token = candidate.nonce if candidate.nonce is not None else base64.b64encode(provided).decode()
             return Verified(
                 key_id=key.id,
