@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from multidict import MultiMapping
 
@@ -66,9 +66,11 @@ class RequestView:
     scheme: str = "http"
 
 
-@dataclass(frozen=True, slots=True)
-class Verified:
-    """What verified: the key, what the replay store remembers, and until when."""
+class Verified(NamedTuple):
+    """What verified: the key, what the replay store remembers, and until when.
+
+    (A NamedTuple: built on every verified request, and cheaper to build than a frozen dataclass.)
+    """
 
     key_id: str
     replay_token: str  # e.g. the nonce, a message id, or the signature itself
