@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -81,20 +79,3 @@ def b2_view(vector: Any) -> RequestView:
 
 def b2_keyring(vector: Any) -> Keyring:
     return parse_keyring("rfc", json.dumps({vector["key_id"]: vector["key_base64"]}), encoding="base64")
-
-
-def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
-    """Send exact bytes to 127.0.0.1:port (nothing sanitises them) and read the whole answer;
-    the request should say ``Connection: close``. Returns (status, body)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        while time.monotonic() < deadline:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 "), data[:200]
-    return int(head.split(b" ", 2)[1]), body

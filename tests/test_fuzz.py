@@ -26,7 +26,8 @@ from gateway.errors import VerificationError
 from gateway.observability import ParserRefusalFilter
 from gateway.server import Bound, run
 from gateway.signing import rfc9421
-from tests.helpers import REQUIRED, flat_keyring, lib_message, lib_signer, random_secret, raw_http
+from tests import support
+from tests.helpers import REQUIRED, flat_keyring, lib_message, lib_signer, random_secret
 
 FUZZED_HEADERS = [
     "Signature",
@@ -210,6 +211,11 @@ def bs_signed_request(port: int, wire_value: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+def answer(reply: bytes) -> tuple[int, bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return status_of(head), body
+
+
 @pytest.mark.parametrize("wire", [b"\xe2\x82\xac", b"caf\xe9", b"\xff"])
 def test_bs_covers_the_wire_bytes_of_non_ascii_fields(live_gateway: dict[str, Any], wire: bytes) -> None:
     """Issue 9 item 4: non-ASCII bytes in a field covered with ``bs`` gave a 500 and a traceback
@@ -218,12 +224,12 @@ def test_bs_covers_the_wire_bytes_of_non_ascii_fields(live_gateway: dict[str, An
     port = live_gateway["ports"]["verify"]
     request = bs_signed_request(port, wire)
     assert b"X-A: " + wire + b"\r\n" in request
-    status, body = raw_http(port, request)
+    status, body = answer(support.exchange(port, request))
     assert status == 200, body[:300]
     forged = bs_signed_request(port, wire)
     start = forged.index(b"Signature: sig1=:") + len(b"Signature: sig1=:")
     forged = forged[:start] + b"AAAA" + forged[start + 4 :]  # still base64 of 32 bytes, another MAC
-    status, body = raw_http(port, forged)
+    status, body = answer(support.exchange(port, forged))
     assert (status, json.loads(body)["reason"]) == (401, "signature_mismatch")
     assert live_gateway["errors"].records == []
 
