@@ -137,3 +137,33 @@ def test_signing_core_is_pure_small_and_acyclic() -> None:
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
         assert out.stdout.strip() == "[]", (module, out.stdout)
+
+
+async def test_connection_cannot_strip_a_field_the_signature_covers(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    """Connection makes the fields it names hop-by-hop; dropping a signed one would forward a
+    request other than the one that verified, so the request is refused instead."""
+    gw = await make_gateway()
+    for nominated in ("Content-Digest", "keep-alive, content-digest"):
+        headers = signed_headers(gw, "hooks.example", int(clock.now))
+        headers["Connection"] = nominated
+        assert await post(gw, headers) == (400, "bad_request")
+    headers = signed_headers(gw, "hooks.example", int(clock.now))
+    headers["Connection"] = "keep-alive, Content-Type"  # not covered: dropped as before, still verifies
+    assert await post(gw, headers) == (200, "")
+    assert len(upstream.received) == 1
+    assert "Content-Type" not in upstream.received[0].headers
+    assert upstream.received[0].headers["Content-Digest"].startswith("sha-256=:")
+
+
+async def test_no_underscored_header_name_passes_a_verify_route(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    """CGI/WSGI upstreams read "Content_Type" as Content-Type: a twin of a signed field."""
+    gw = await make_gateway()
+    headers = signed_headers(gw, "hooks.example", int(clock.now))
+    headers["Content_Digest"] = "sha-256=:AAAA:"
+    headers["X_Tenant"] = "evil"
+    assert await post(gw, headers) == (200, "")
+    assert not [name for name in upstream.received[0].headers if "_" in name]

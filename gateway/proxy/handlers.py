@@ -89,13 +89,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise RequestRejected(Reason.BODY_TOO_LARGE, f"limit is {limit} bytes")
 
 
-def _forward_headers(request: web.Request, drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
+def _forward_headers(
+    request: web.Request, drop: frozenset[str] | set[str], *, drop_underscored: bool = False
+) -> CIMultiDict[str]:
     drop = drop | connection_tokens(request.headers.getall("Connection")) if "Connection" in request.headers else drop
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         # "X-Gateway-Key_Id" must not slip past as a different header: CGI/WSGI upstreams
-        # read "_" and "-" alike.
-        if name.lower().replace("_", "-") not in drop:
+        # read "_" and "-" alike. Behind a verify route no "_" name passes at all: a twin of a
+        # signed field ("Content_Type") would reach such an upstream as that field.
+        if name.lower().replace("_", "-") not in drop and not (drop_underscored and "_" in name):
             out.add(name, value)
     return out
 
@@ -164,7 +167,7 @@ class RouteHandler:
         keyring = self.cache.keyring
         if keyring is None:
             raise RequestRejected(Reason.KEYRING_UNAVAILABLE, "the keyring for this route is not loaded yet")
-        headers = _forward_headers(request, self.drop)
+        headers = _forward_headers(request, self.drop, drop_underscored=self.route.mode == "verify")
         target_path = self.upstream_path(path)
         if self.route.mode == "sign":
             body = await read_body(request, self.route.max_body_bytes)
@@ -254,6 +257,13 @@ class RouteHandler:
             raise
         outcome.key_id = verified.key_id
         outcome.base_sha256 = verified.base_sha256
+        covered = verified.covered_fields
+        if any("_" in name for name in covered) or (
+            "Connection" in request.headers and connection_tokens(request.headers.getall("Connection")) & covered
+        ):
+            # We would drop a field the sender signed (Connection names it, or its name has a
+            # "_"): the upstream would get a request other than the one that verified.
+            raise RequestRejected(Reason.BAD_REQUEST, "a field the signature covers cannot be forwarded")
         if self.route.replay_protection:
             # Until the scheme's replay_until, which rests on what was signed, not on this
             # instance's clock: instances sharing the store keep the token equally long.

@@ -320,5 +320,6 @@ def _check_digest_and_mac(request: RequestView, body: bytes, candidate: Candidat
                 replay_until=candidate.replay_until,
                 base_sha256=hashlib.sha256(base).hexdigest(),
                 label=candidate.label,
+                covered_fields=frozenset(c.name for c in candidate.components if c.name[0] != "@"),
             )
     raise SignatureFailure(Reason.SIGNATURE_MISMATCH, "signature does not verify", base)

@@ -77,6 +77,7 @@ class Verified(NamedTuple):
     replay_until: float  # epoch seconds: a replay of the token is refused at least until then
     base_sha256: str = ""  # hash of what was signed, for the log line
     label: str = ""  # which signature verified, where a scheme has several
+    covered_fields: frozenset[str] = frozenset()  # header fields signed (lower case): never dropped
 
 
 class SignatureFailure(VerificationError):
