@@ -46,6 +46,7 @@ def _assert_paths_agree(text: str) -> None:
     assert isinstance(member, sf.InnerList)
     parsed = fast[label]
     assert [c.identifier for c in parsed.components] == [Component.from_item(i).identifier for i in member.items]
+    assert parsed.fields == {i.value for i in member.items if not str(i.value).startswith("@")}
     assert _typed(parsed.params) == _typed(member.params) == _typed(reference[label][1])  # type: ignore[index]
     assert parsed.serialized == sf.serialize_inner_list(member) == http_sf.ser(reference)[len(label) + 1 :]
 

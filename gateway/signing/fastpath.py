@@ -17,19 +17,26 @@ from __future__ import annotations
 import base64
 import re
 import threading
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from cachetools import LRUCache
 
 from gateway.signing import structured as sf
-from gateway.signing.signature_base import SIGNATURE_PARAMETERS, Component, ComponentError, plain_component
+from gateway.signing.signature_base import (
+    SIGNATURE_PARAMETERS,
+    Component,
+    ComponentError,
+    field_names,
+    plain_component,
+)
 
 _KEY = r"[a-z*][a-z0-9_\-.*]*"
 _NAME_STRING = r'"[!#-\[\]-~]*"'  # a component name: an sf-string without spaces (names have none)
 _FAST_HEAD = re.compile(rf"({_KEY})=\(((?:{_NAME_STRING}(?: {_NAME_STRING})*)?)\)")
 _FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*=?=?):")
-# "label=(...)" text -> (label, "(...)" as sent, components)
-_HEAD_CACHE: LRUCache[str, tuple[str, str, tuple[Component, ...]]] = LRUCache(maxsize=256)
+Head: TypeAlias = tuple[str, str, tuple[Component, ...], frozenset[str]]
+# "label=(...)" text -> (label, "(...)" as sent, components, the covered field names)
+_HEAD_CACHE: LRUCache[str, Head] = LRUCache(maxsize=256)
 _CACHE_LOCK = threading.Lock()  # LRU reads reorder: one lock, should threads share the module
 
 
@@ -39,10 +46,11 @@ class FastInput(NamedTuple):
     components: tuple[Component, ...]
     params: sf.Params
     serialized: str  # the inner list with its parameters: the "@signature-params" value
+    fields: frozenset[str]  # the covered header fields
 
 
-def fast_head(head: str) -> tuple[str, str, tuple[Component, ...]] | None:
-    """(label, "(...)" as sent, components) for a canonical ``label=("a" "b")``, else None."""
+def fast_head(head: str) -> Head | None:
+    """(label, "(...)" as sent, components, field names) for a canonical ``label=("a" "b")``, else None."""
     try:
         with _CACHE_LOCK:
             return _HEAD_CACHE[head]  # [] not .get(): Cache.get looks the key up twice
@@ -56,7 +64,7 @@ def fast_head(head: str) -> tuple[str, str, tuple[Component, ...]] | None:
         components = tuple(plain_component(name[1:-1]) for name in items_text.split(" ")) if items_text else ()
     except ComponentError:
         return None  # the full path reports it with its own wording
-    parsed = (label, head[len(label) + 1 :], components)
+    parsed = (label, head[len(label) + 1 :], components, field_names(components))
     with _CACHE_LOCK:
         _HEAD_CACHE[head] = parsed
     return parsed
@@ -72,8 +80,8 @@ def fast_signature_input(text: str) -> dict[str, FastInput] | None:
     params = fast_params(params_text)
     if params is None:
         return None
-    label, inner, components = head
-    return {label: FastInput(components, params, inner + params_text)}
+    label, inner, components, fields = head
+    return {label: FastInput(components, params, inner + params_text, fields)}
 
 
 def fast_params(text: str) -> sf.Params | None:

@@ -43,6 +43,7 @@ from gateway.signing.signature_base import (
     Component,
     ComponentError,
     component_value,
+    field_names,
     parse_components,
     signature_base,
     signature_params,
@@ -134,6 +135,7 @@ class Candidate(NamedTuple):
     keys: tuple[Key, ...]
     replay_until: int  # created + window_past + window_future
     nonce: str | None
+    fields: frozenset[str]  # the covered header fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,14 +225,15 @@ def _claimed_key_id(params: sf.Params) -> str:
     return key_id[:128] if type(key_id) is str else ""
 
 
-def _covered(label: str, member: sf.Member | FastInput) -> tuple[tuple[Component, ...], str]:
-    """The components and the "@signature-params" text of one Signature-Input member."""
+def _covered(label: str, member: sf.Member | FastInput) -> tuple[tuple[Component, ...], str, frozenset[str]]:
+    """The components, the "@signature-params" text and the field names of one Signature-Input member."""
     if isinstance(member, FastInput):
-        return member.components, member.serialized
+        return member.components, member.serialized, member.fields
     if not isinstance(member, sf.InnerList):
         raise VerificationError(Reason.MALFORMED_SIGNATURE, f"Signature-Input {label!r} must be an inner list")
     try:
-        return tuple(Component.from_item(item) for item in member.items), sf.serialize_inner_list(member)
+        components = tuple(Component.from_item(item) for item in member.items)
+        return components, sf.serialize_inner_list(member), field_names(components)
     except (ComponentError, sf.StructuredFieldError) as exc:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, str(exc)) from None
 
@@ -263,7 +266,7 @@ def _check_one(
 ) -> Candidate:
     if not isinstance(signature_member, sf.Item) or type(signature_member.value) is not bytes:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, f"Signature {label!r} must be a byte sequence")
-    components, params_text = _covered(label, member)
+    components, params_text, fields = _covered(label, member)
     covered = {c.identifier for c in components}
     if len(covered) != len(components):
         raise VerificationError(Reason.MALFORMED_SIGNATURE, "a component is covered twice")
@@ -297,6 +300,7 @@ def _check_one(
         keys=keys,
         replay_until=created + policy.window_past + policy.window_future,
         nonce=nonce if type(nonce) is str else None,
+        fields=fields,
     )
 
 
@@ -320,6 +324,6 @@ def _check_digest_and_mac(request: RequestView, body: bytes, candidate: Candidat
                 replay_until=candidate.replay_until,
                 base_sha256=hashlib.sha256(base).hexdigest(),
                 label=candidate.label,
-                covered_fields=frozenset(c.name for c in candidate.components if c.name[0] != "@"),
+                covered_fields=candidate.fields,
             )
     raise SignatureFailure(Reason.SIGNATURE_MISMATCH, "signature does not verify", base)

@@ -133,6 +133,11 @@ def _check_field_params(name: str, params: sf.Params) -> None:
         raise ComponentError(f'"{name}" is a hop-by-hop field and cannot be covered')
 
 
+def field_names(components: Iterable[Component]) -> frozenset[str]:
+    """The header fields among ``components`` (derived ones, "@...", are not fields)."""
+    return frozenset(c.name for c in components if c.name[0] != "@")
+
+
 def parse_components(names: Iterable[str]) -> tuple[Component, ...]:
     components = tuple(Component.parse(n) for n in names)
     identifiers = [c.identifier for c in components]
