@@ -19,11 +19,16 @@ from gateway.errors import (
 from gateway.keys.formats import dump_lifecycle, parse_keyring
 from gateway.keys.model import Key, Keyring, KeyState
 from gateway.signing.digest import content_digest, verify_content_digest
-from gateway.signing.rfc9421 import Component, RequestView, VerifyPolicy, sign, signature_base, verify
+from gateway.signing.registry import SCHEMES, verifier_for
+from gateway.signing.rfc9421 import VerifyPolicy, sign, verify
+from gateway.signing.scheme import BodyCheck, RequestView, Scheme, SignatureFailure, Verified, Verifier
+from gateway.signing.signature_base import Component, signature_base
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SCHEMES",
+    "BodyCheck",
     "Component",
     "ConfigError",
     "GatewayError",
@@ -35,9 +40,13 @@ __all__ = [
     "Reason",
     "RequestRejected",
     "RequestView",
+    "Scheme",
     "SealError",
+    "SignatureFailure",
     "SourceError",
     "VerificationError",
+    "Verified",
+    "Verifier",
     "VerifyPolicy",
     "__version__",
     "content_digest",
@@ -45,6 +54,7 @@ __all__ = [
     "parse_keyring",
     "sign",
     "signature_base",
+    "verifier_for",
     "verify",
     "verify_content_digest",
 ]

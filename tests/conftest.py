@@ -23,6 +23,7 @@ from yarl import URL
 from gateway import config as config_mod
 from gateway.proxy.app import build_listener_app
 from gateway.proxy.runtime import Runtime, open_runtime
+from gateway.replay import ReplayStore
 from tests.helpers import FakeClock, random_secret
 from tests.support import REDIS_URL, Proc
 
@@ -136,7 +137,11 @@ async def make_gateway(
         document: dict[str, Any] | None = None,
         tweak: Any = None,
         refresh: bool = False,
+        own_clock: FakeClock | None = None,
+        replay: ReplayStore | None = None,
     ) -> Gateway:
+        """A gateway; ``own_clock`` and ``replay`` let several instances run on different
+        clocks while sharing one replay store, as instances behind one load balancer do."""
         keyring_path = tmp_path / "ring.json"
         keys = keys if keys is not None else {"key-v1": random_secret(), "key-v2": random_secret()}
         if document is not None or keys:
@@ -145,7 +150,9 @@ async def make_gateway(
         if tweak is not None:
             tweak(raw)
         cfg = config_mod.parse(raw, base_dir=tmp_path)
-        runtime = await stack.enter_async_context(open_runtime(cfg, clock=clock, refresh=refresh))
+        runtime = await stack.enter_async_context(open_runtime(cfg, clock=own_clock or clock, refresh=refresh))
+        if replay is not None:
+            runtime.replay = replay
         await runtime.load_keyrings()
         servers = {
             name: await aiohttp_server(build_listener_app(runtime, lc), host="127.0.0.1")

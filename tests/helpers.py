@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring
+from gateway.signing.scheme import RequestView
 
 VECTORS = Path(__file__).parent / "vectors"
 SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -64,3 +65,17 @@ def lib_verifier(keys: dict[str, bytes]) -> HTTPMessageVerifier:
 
 
 REQUIRED = ("@method", "@authority", "@path", "@query", "content-digest")
+
+
+def b2_view(vector: Any) -> RequestView:
+    """The RFC 9421 Appendix B.2 test request (from tests/vectors/rfc9421-b25.json)."""
+    req = vector["request"]
+    headers: CIMultiDict[str] = CIMultiDict(req["headers"])
+    path, _, query = req["target"].partition("?")
+    return RequestView(
+        method=req["method"], authority=headers["Host"], path=path, query=query, headers=headers, scheme=req["scheme"]
+    )
+
+
+def b2_keyring(vector: Any) -> Keyring:
+    return parse_keyring("rfc", json.dumps({vector["key_id"]: vector["key_base64"]}), encoding="base64")

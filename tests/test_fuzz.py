@@ -26,6 +26,7 @@ from gateway.errors import VerificationError
 from gateway.observability import ParserRefusalFilter
 from gateway.server import Bound, run
 from gateway.signing import rfc9421
+from tests import support
 from tests.helpers import REQUIRED, flat_keyring, lib_message, lib_signer, random_secret
 
 FUZZED_HEADERS = [
@@ -190,6 +191,47 @@ def test_well_formed_request_passes_the_same_path(live_gateway: dict[str, Any]) 
     lines += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
     lines += [b"Content-Length: " + str(len(body)).encode(), b"Connection: close"]
     assert status_of(exchange(port, b"\r\n".join(lines) + b"\r\n\r\n" + body)) == 200
+
+
+def bs_signed_request(port: int, wire_value: bytes) -> bytes:
+    """A POST whose signature (by http-message-signatures) also covers ``"x-a";bs``, with the raw
+    ``X-A`` bytes given; the library takes field bytes as Latin-1 text."""
+    body = b'{"event": 1}'
+    headers: CIMultiDict[str] = CIMultiDict({"Host": f"127.0.0.1:{port}", "X-A": wire_value.decode("latin-1")})
+    lib_signer({k: v.encode() for k, v in KEYS.items()}).sign(
+        lib_message("POST", f"http://127.0.0.1:{port}/cb", headers),
+        key_id="key-v1",
+        nonce=random_secret()[:16],
+        covered_component_ids=(*REQUIRED, '"x-a";bs'),
+        body=body,
+        label="sig1",
+    )
+    lines = [b"POST /cb HTTP/1.1"] + [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
+    lines += [b"Content-Length: " + str(len(body)).encode(), b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def answer(reply: bytes) -> tuple[int, bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return status_of(head), body
+
+
+@pytest.mark.parametrize("wire", [b"\xe2\x82\xac", b"caf\xe9", b"\xff"])
+def test_bs_covers_the_wire_bytes_of_non_ascii_fields(live_gateway: dict[str, Any], wire: bytes) -> None:
+    """Issue 9 item 4: non-ASCII bytes in a field covered with ``bs`` gave a 500 and a traceback
+    (the value was re-encoded as Latin-1). ``bs`` covers the bytes as sent: the other library's
+    signature over them verifies, and a wrong MAC is a plain signature mismatch."""
+    port = live_gateway["ports"]["verify"]
+    request = bs_signed_request(port, wire)
+    assert b"X-A: " + wire + b"\r\n" in request
+    status, body = answer(support.exchange(port, request))
+    assert status == 200, body[:300]
+    forged = bs_signed_request(port, wire)
+    start = forged.index(b"Signature: sig1=:") + len(b"Signature: sig1=:")
+    forged = forged[:start] + b"AAAA" + forged[start + 4 :]  # still base64 of 32 bytes, another MAC
+    status, body = answer(support.exchange(port, forged))
+    assert (status, json.loads(body)["reason"]) == (401, "signature_mismatch")
+    assert live_gateway["errors"].records == []
 
 
 @settings(max_examples=1500, deadline=None)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 from gateway.errors import Reason, VerificationError
-from gateway.signing import sfv
+from gateway.signing import structured as sf
 
 _ALGORITHMS: dict[str, Callable[[bytes], hashlib._Hash]] = {
     "sha-256": hashlib.sha256,
@@ -52,15 +52,15 @@ def verify_content_digest(field_value: str, body: bytes) -> None:
                 raise VerificationError(Reason.DIGEST_MISMATCH, f"body does not match its {fast[1]} digest")
             return
     try:
-        members = sfv.parse_dictionary(field_value)
-    except sfv.SFVError:
+        members = sf.parse_dictionary(field_value)
+    except sf.StructuredFieldError:
         raise VerificationError(Reason.MALFORMED_DIGEST, "Content-Digest is not a structured dictionary") from None
     checked = 0
     for algorithm, member in members.items():
         hash_fn = _ALGORITHMS.get(algorithm)
         if hash_fn is None:
             continue
-        if not isinstance(member, sfv.Item) or not isinstance(member.value, bytes):
+        if not isinstance(member, sf.Item) or type(member.value) is not bytes:
             raise VerificationError(Reason.MALFORMED_DIGEST, f"{algorithm} value must be a byte sequence")
         if not hmac.compare_digest(member.value, hash_fn(body).digest()):
             raise VerificationError(Reason.DIGEST_MISMATCH, f"body does not match its {algorithm} digest")

@@ -1,14 +1,24 @@
-"""RFC 9421 HTTP Message Signatures with ``hmac-sha256``: components, signature base, sign, verify.
+"""RFC 9421 HTTP Message Signatures with ``hmac-sha256``: sign, and verify as a ``scheme.Verifier``.
 
-Pure functions over a ``RequestView``; no I/O. The pipeline mirrors the RFC:
-covered components -> component values -> signature base (RFC 9421 §2.5: one
-``"name": value`` line per component in ``Signature-Input`` order, lower-case names,
-LF-joined, ``"@signature-params"`` last, no trailing LF) -> HMAC -> header values.
+Pure functions over a ``RequestView``; no I/O. The pipeline mirrors the RFC, each step a
+function: ``component_value`` -> ``signature_base`` (both in ``signature_base.py``) ->
+``signature_mac`` -> header values.
 
-Verification runs the cheap checks first (structure, parameters, coverage, freshness,
-key id) and only then the digest and the MAC, which are compared in constant time.
-Every failure raises ``VerificationError`` with a stable reason code; nothing here ever
+Verification runs the cheap checks first (structure, parameters, coverage, freshness, key id:
+``check_headers``) and only then the digest and the MAC (``check_body``), compared in constant
+time. Every failure raises ``VerificationError`` with a stable reason code; nothing here ever
 puts key material or an expected MAC into an exception.
+
+The signature headers are RFC 8941 Dictionaries (RFC 9421 cites RFC 8941, not RFC 9651): a
+Date or Display String where RFC 9421 wants an Integer or a String (``created=@1``,
+``keyid=%"k"``) is malformed, as every other wrongly typed parameter is. Covered fields with
+``sf`` or ``key`` are read as RFC 9651 (a superset that serialises RFC 8941 values unchanged).
+
+A verified token must be refused until ``created + window_past + window_future``
+(``Verified.replay_until``), not until the verifying instance's ``now + window_past``: an
+instance whose clock runs ahead would otherwise store a TTL that ends before a lagging
+instance's window closes. ``window_future`` is the margin: instances sharing a replay store
+whose clocks differ by up to ``window_future`` seconds all refuse the replay.
 """
 
 from __future__ import annotations
@@ -16,248 +26,68 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
-from urllib.parse import quote, unquote_plus
-
-from multidict import MultiMapping
 
 from gateway.errors import Reason, VerificationError
-from gateway.http_vocab import HOP_BY_HOP
 from gateway.keys.model import Key, Keyring
-from gateway.signing import sfv
+from gateway.signing import structured as sf
 from gateway.signing.digest import verify_content_digest
-
-ALGORITHM = "hmac-sha256"
-SIGNATURE_PARAMETERS = frozenset({"created", "expires", "nonce", "alg", "keyid", "tag"})
-DERIVED_COMPONENTS = frozenset(
-    {"@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query", "@query-param"}
+from gateway.signing.fastpath import FastInput, canonical_b64decode, fast_signature_input, parse_signature
+from gateway.signing.scheme import BodyCheck, RequestView, Scheme, SignatureFailure, Verified
+from gateway.signing.signature_base import (
+    ALGORITHM,
+    DEFAULT_COMPONENTS,
+    SIGNATURE_PARAMETERS,
+    Component,
+    ComponentError,
+    component_value,
+    field_names,
+    parse_components,
+    signature_base,
+    signature_params,
 )
-DEFAULT_COMPONENTS = ("@method", "@authority", "@path", "@query", "content-digest")
-# Structured field types for the ``sf`` and ``key`` component parameters.
-_DICTIONARY_FIELDS = frozenset(
-    {"content-digest", "repr-digest", "want-content-digest", "signature", "signature-input", "priority"}
-)
-_LIST_FIELDS = frozenset({"accept-ch", "cache-status", "proxy-status"})
 
-
-class ComponentError(ValueError):
-    """A covered component cannot be resolved (message is safe to show a client)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    """The parts of a request a signature can cover. ``query`` is None when there is no ``?``."""
-
-    method: str
-    authority: str
-    path: str
-    query: str | None
-    headers: MultiMapping[str]
-    scheme: str = "http"
-
-
-@dataclass(frozen=True, slots=True)
-class Component:
-    name: str
-    params: sfv.Params
-    identifier: str  # the serialised component identifier, as it appears in the base
-
-    @classmethod
-    def from_item(cls, item: sfv.Item) -> Component:
-        value = item.value
-        if not item.params and type(value) is str:
-            cached = _PLAIN_COMPONENTS.get(value)
-            if cached is not None:
-                return cached
-        component = cls._from_item(item)
-        if not item.params and len(_PLAIN_COMPONENTS) < _PLAIN_COMPONENTS_MAX:
-            _PLAIN_COMPONENTS[component.name] = component
-        return component
-
-    @classmethod
-    def _from_item(cls, item: sfv.Item) -> Component:
-        value = item.value
-        if type(value) is not str:
-            raise ComponentError("component identifiers must be structured-field strings")
-        if value != value.lower():
-            raise ComponentError(f"component name {value!r} is not lower case")
-        if value.startswith("@"):
-            if value not in DERIVED_COMPONENTS:
-                raise ComponentError(f"unsupported derived component {value!r}")
-            if value == "@query-param":
-                if set(item.params) != {"name"} or type(item.params["name"]) is not str:
-                    raise ComponentError('"@query-param" needs exactly one string parameter "name"')
-            elif item.params:
-                raise ComponentError(f"derived component {value!r} takes no parameters here")
-        else:
-            _check_field_params(value, item.params)
-        return cls(name=value, params=dict(item.params), identifier=sfv.serialize_item(item))
-
-    @classmethod
-    def parse(cls, text: str) -> Component:
-        """From config: a bare name (``content-type``) or a serialised item (``"@query-param";name="a"``)."""
-        try:
-            item = sfv.parse_item(text) if text.startswith('"') else sfv.Item(text, {})
-        except sfv.SFVError as exc:
-            raise ComponentError(f"{text!r} is not a component identifier: {exc}") from None
-        return cls.from_item(item)
-
-
-# Plain components ("@method", "content-digest") recur on every request: build each once.
-# Bounded, so a sender cycling through made-up field names cannot grow it without limit.
-_PLAIN_COMPONENTS: dict[str, Component] = {}
-_PLAIN_COMPONENTS_MAX = 512
-
-
-def _check_field_params(name: str, params: sfv.Params) -> None:
-    for param, value in params.items():
-        if param in ("sf", "bs"):
-            if value is not True:
-                raise ComponentError(f'"{name}": parameter {param!r} must be a boolean true')
-        elif param == "key":
-            if type(value) is not str:
-                raise ComponentError(f'"{name}": parameter "key" must be a string')
-        else:
-            # req (responses) and tr (trailers) do not apply to a request we proxy.
-            raise ComponentError(f'"{name}": unsupported component parameter {param!r}')
-    if "bs" in params and ("sf" in params or "key" in params):
-        raise ComponentError(f'"{name}": "bs" cannot be combined with "sf" or "key"')
-    if name in HOP_BY_HOP:
-        raise ComponentError(f'"{name}" is a hop-by-hop field and cannot be covered')
-
-
-def parse_components(names: Iterable[str]) -> tuple[Component, ...]:
-    components = tuple(Component.parse(n) for n in names)
-    identifiers = [c.identifier for c in components]
-    if len(set(identifiers)) != len(identifiers):
-        raise ComponentError("a component is listed twice")
-    return components
-
-
-# -- component values ---------------------------------------------------------------------
-
-
-def _authority(request: RequestView) -> str:
-    authority = request.authority.lower()
-    default = ":443" if request.scheme == "https" else ":80"
-    return authority[: -len(default)] if authority.endswith(default) else authority
-
-
-def _form_encode(text: str) -> str:
-    # WHATWG application/x-www-form-urlencoded percent-encode set, space as %20 (RFC 9421 §2.2.8).
-    return quote(text, safe="*").replace("~", "%7E")
-
-
-def _query_param(request: RequestView, name: object) -> str:
-    values = []
-    for pair in (request.query or "").split("&"):
-        if not pair:
-            continue
-        raw_name, _, raw_value = pair.partition("=")
-        if _form_encode(unquote_plus(raw_name)) == name:
-            values.append(_form_encode(unquote_plus(raw_value)))
-    if len(values) != 1:
-        raise ComponentError(f"query parameter {name!r} must occur exactly once (found {len(values)})")
-    return values[0]
-
-
-def _field_value(request: RequestView, component: Component) -> str:
-    lines = request.headers.getall(component.name, [])
-    if not lines:
-        raise ComponentError(f"covered field {component.name!r} is absent")
-    params = component.params
-    if not params:
-        return ", ".join(line.strip() for line in lines)
-    if "bs" in params:
-        return ", ".join(f":{base64.b64encode(line.strip().encode('latin-1')).decode()}:" for line in lines)
-    combined = ", ".join(line.strip() for line in lines)
-    try:
-        if "key" in params:
-            member = sfv.parse_dictionary(combined).get(str(params["key"]))
-            if member is None:
-                raise ComponentError(f"covered field {component.name!r} has no member {params['key']!r}")
-            if isinstance(member, sfv.InnerList):
-                return sfv.serialize_inner_list(member)
-            return sfv.serialize_item(member)
-        if component.name in _DICTIONARY_FIELDS:
-            return sfv.serialize_dictionary(sfv.parse_dictionary(combined))
-        if component.name in _LIST_FIELDS:
-            return sfv.serialize_list(sfv.parse_list(combined))
-    except sfv.SFVError:
-        raise ComponentError(f"covered field {component.name!r} is not a valid structured field") from None
-    raise ComponentError(f"structured type of field {component.name!r} is unknown")
-
-
-def component_value(request: RequestView, component: Component) -> str:
-    name = component.name
-    if name == "@method":
-        return request.method
-    if name == "@authority":
-        return _authority(request)
-    if name == "@path":
-        return request.path or "/"
-    if name == "@query":
-        return "?" + (request.query or "")
-    if name == "@scheme":
-        return request.scheme.lower()
-    if name == "@request-target":
-        return request.path + ("" if request.query is None else "?" + request.query)
-    if name == "@target-uri":
-        tail = "" if request.query is None else "?" + request.query
-        return f"{request.scheme.lower()}://{_authority(request)}{request.path or '/'}{tail}"
-    if name == "@query-param":
-        return _query_param(request, component.params["name"])
-    return _field_value(request, component)
-
-
-def signature_base(request: RequestView, components: Sequence[Component], signature_params: str) -> bytes:
-    """The RFC 9421 §2.5 signature base (bytes, ASCII)."""
-    lines = []
-    for component in components:
-        value = component_value(request, component)
-        if "\n" in value or "\r" in value:
-            raise ComponentError(f"value of {component.identifier} contains a line break")
-        lines.append(f"{component.identifier}: {value}")
-    lines.append(f'"@signature-params": {signature_params}')
-    try:
-        return "\n".join(lines).encode("ascii")
-    except UnicodeEncodeError:
-        raise ComponentError("a covered component contains non-ASCII characters") from None
+__all__ = [  # this module's own names, and the pipeline's, under the name callers know
+    "ALGORITHM",
+    "DEFAULT_COMPONENTS",
+    "SCHEME",
+    "SIGNATURE_PARAMETERS",
+    "Candidate",
+    "Component",
+    "ComponentError",
+    "RequestView",
+    "Rfc9421Verifier",
+    "SignatureFailure",
+    "SignatureHeaders",
+    "Verified",
+    "VerifyPolicy",
+    "canonical_b64decode",
+    "check_body",
+    "check_headers",
+    "component_value",
+    "parse_components",
+    "sign",
+    "signature_base",
+    "signature_mac",
+    "signature_params",
+    "verify",
+]
 
 
 # -- signing --------------------------------------------------------------------------------
+
+
+def signature_mac(key: Key, base: bytes) -> bytes:
+    """The pipeline's last step: HMAC-SHA256 of the signature base (RFC 9421 §3.3.3)."""
+    return hmac.digest(key.material, base, "sha256")
 
 
 @dataclass(frozen=True, slots=True)
 class SignatureHeaders:
     signature_input: str
     signature: str
-
-
-def signature_params(
-    components: Sequence[Component],
-    *,
-    created: int,
-    key_id: str,
-    nonce: str | None,
-    tag: str | None,
-    include_alg: bool = True,
-) -> str:
-    """Serialise the inner list of parameters we emit (RFC-registered parameters only).
-
-    Key ids, nonces and tags are validated at load or config time to need no escaping.
-    """
-    params = f';created={created};keyid="{key_id}"'
-    if include_alg:
-        params += f';alg="{ALGORITHM}"'
-    if nonce is not None:
-        params += f';nonce="{nonce}"'
-    if tag is not None:
-        params += f';tag="{tag}"'
-    return "(" + " ".join(c.identifier for c in components) + ")" + params
 
 
 def sign(
@@ -272,8 +102,7 @@ def sign(
     include_alg: bool = True,
 ) -> SignatureHeaders:
     params = signature_params(components, created=created, key_id=key.id, nonce=nonce, tag=tag, include_alg=include_alg)
-    base = signature_base(request, components, params)
-    mac = hmac.digest(key.material, base, "sha256")
+    mac = signature_mac(key, signature_base(request, components, params))
     return SignatureHeaders(
         signature_input=f"{label}={params}", signature=f"{label}=:{base64.b64encode(mac).decode()}:"
     )
@@ -284,7 +113,7 @@ def sign(
 
 @dataclass(frozen=True, slots=True)
 class VerifyPolicy:
-    """What a verify route demands of a signature beyond the RFC itself."""
+    """The RFC 9421 scheme's per-route settings: what a verify route demands beyond the RFC."""
 
     required: frozenset[str] = frozenset(Component.parse(n).identifier for n in DEFAULT_COMPONENTS)
     window_past: int = 300
@@ -295,34 +124,40 @@ class VerifyPolicy:
     max_signatures: int = 8
 
 
-class Verified(NamedTuple):
-    label: str
-    key_id: str
-    created: int
-    replay_token: str  # the nonce if there is one, else the signature itself
-    base_sha256: str
-
-
-class SignatureFailure(VerificationError):
-    """A VerificationError that may carry the signature base (for logs and opt-in debug)."""
-
-    def __init__(self, reason: Reason, detail: str, base: bytes | None = None) -> None:
-        super().__init__(reason, detail)
-        self.signature_base = base
-        self.base_sha256 = hashlib.sha256(base).hexdigest() if base is not None else ""
-
-
 class Candidate(NamedTuple):
     """A signature that passed every check that needs no body: what is left is digest and MAC."""
 
     label: str
     components: tuple[Component, ...]
-    params: sfv.Params
+    params: sf.Params
     params_text: str  # the serialised inner list: the "@signature-params" value
     provided: bytes
     keys: tuple[Key, ...]
-    created: int
+    replay_until: int  # created + window_past + window_future
     nonce: str | None
+    fields: frozenset[str]  # the covered header fields
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    request: RequestView
+    candidates: list[Candidate]
+
+    def check_body(self, body: bytes) -> Verified:
+        return check_body(self.request, body, self.candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class Rfc9421Verifier:
+    """RFC 9421 (``hmac-sha256``) as a ``scheme.Verifier``, configured by one ``VerifyPolicy``."""
+
+    policy: VerifyPolicy
+
+    def check_headers(self, request: RequestView, keyring: Keyring, now: float) -> BodyCheck:
+        return _Pending(request, check_headers(request, keyring, self.policy, now))
+
+
+SCHEME = Scheme("rfc9421", VerifyPolicy, Rfc9421Verifier)
 
 
 def verify(request: RequestView, body: bytes, keyring: Keyring, policy: VerifyPolicy, now: float) -> Verified:
@@ -338,13 +173,15 @@ def check_headers(request: RequestView, keyring: Keyring, policy: VerifyPolicy, 
     if not inputs_lines or not signature_lines:
         missing = "Signature-Input" if not inputs_lines else "Signature"
         raise VerificationError(Reason.MISSING_SIGNATURE, f"{missing} header is missing")
-    inputs_text = ", ".join(inputs_lines)
+    inputs_text, signatures_text = ", ".join(inputs_lines), ", ".join(signature_lines)
+    if len(inputs_text) > sf.MAX_LENGTH or len(signatures_text) > sf.MAX_LENGTH:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"signature headers longer than {sf.MAX_LENGTH}")
     try:
-        inputs: dict[str, sfv.Member | _FastInput] = _fast_signature_input(inputs_text) or dict(
-            sfv.parse_dictionary(inputs_text)
+        inputs: Mapping[str, sf.Member | FastInput] = fast_signature_input(inputs_text) or sf.parse_dictionary(
+            inputs_text
         )
-        signatures = _fast_signature(", ".join(signature_lines))
-    except sfv.SFVError as exc:
+        signatures = parse_signature(signatures_text)
+    except sf.StructuredFieldError as exc:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, f"signature headers: {exc}") from None
     if len(inputs) > policy.max_signatures:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, f"more than {policy.max_signatures} signatures")
@@ -352,7 +189,7 @@ def check_headers(request: RequestView, keyring: Keyring, policy: VerifyPolicy, 
     if not labels:
         raise VerificationError(Reason.MALFORMED_SIGNATURE, "no label appears in both Signature-Input and Signature")
     if policy.expected_tag is not None:
-        labels = [lb for lb in labels if _tag_of(inputs[lb]) == policy.expected_tag]
+        labels = [lb for lb in labels if inputs[lb].params.get("tag") == policy.expected_tag]
         if not labels:
             raise VerificationError(Reason.TAG_MISMATCH, f"no signature carries tag {policy.expected_tag!r}")
     candidates: list[Candidate] = []
@@ -382,158 +219,32 @@ def check_body(request: RequestView, body: bytes, candidates: Sequence[Candidate
     raise first_error
 
 
-# Fast paths for the common case: one signature, in canonical form. They accept only canonical
-# syntax (plain component names; known parameters with escape-free strings or integers without
-# leading zeros), so the matched text *is* the serialisation RFC 9421 puts in the signature
-# base. Anything else falls through to the full RFC 8941 parser; tests check that both
-# paths agree.
-_KEY = r"[a-z*][a-z0-9_\-.*]*"
-_NAME_STRING = r'"[!#-\[\]-~]*"'  # a component name: an sf-string without spaces (names have none)
-_FAST_HEAD = re.compile(rf"({_KEY})=\(((?:{_NAME_STRING}(?: {_NAME_STRING})*)?)\)")
-_FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*=?=?):")
-# Senders repeat the same label and component list on every request; only the parameters
-# (created, nonce) change. Parsed heads are kept, up to a bound an attacker cannot grow.
-_HEAD_CACHE: dict[str, tuple[str, str, tuple[Component, ...]]] = {}
-_HEAD_CACHE_MAX = 256
-
-
-class _FastInput(NamedTuple):
-    """A canonical Signature-Input member, parsed without building structured-field objects."""
-
-    components: tuple[Component, ...]
-    params: sfv.Params
-    serialized: str
-
-
-def _fast_head(head: str) -> tuple[str, str, tuple[Component, ...]] | None:
-    """(label, "(...)" as sent, components) for a canonical ``label=("a" "b")``, else None."""
-    cached = _HEAD_CACHE.get(head)
-    if cached is not None:
-        return cached
-    match = _FAST_HEAD.fullmatch(head)
-    if match is None:
-        return None
-    label, items_text = match.groups()
-    try:
-        components = tuple(_plain_component(name[1:-1]) for name in items_text.split(" ")) if items_text else ()
-    except ComponentError:
-        return None  # the full path reports it with its own wording
-    parsed = (label, head[len(label) + 1 :], components)
-    if len(_HEAD_CACHE) < _HEAD_CACHE_MAX:
-        _HEAD_CACHE[head] = parsed
-    return parsed
-
-
-def _fast_signature_input(text: str) -> dict[str, sfv.Member | _FastInput] | None:
-    """{label: parsed} for a single canonical member, else None (use the full parser)."""
-    close = text.find(")")
-    head = _fast_head(text[: close + 1]) if close > 0 else None
-    if head is None:
-        return None
-    params_text = text[close + 1 :]
-    params = _fast_params(params_text)
-    if params is None:
-        return None
-    label, inner, components = head
-    return {label: _FastInput(components, params, inner + params_text)}
-
-
-def _fast_params(text: str) -> sfv.Params | None:
-    """``;created=1;keyid="k"...`` when every parameter is a known one, given once, with a
-    non-negative integer (no leading zero) or a string with no quote, backslash or non-printable
-    character; else None. Such text is its own canonical serialisation."""
-    params: sfv.Params = {}
-    if not text:
-        return params
-    if text[0] != ";":
-        return None
-    for part in text[1:].split(";"):
-        key, eq, value = part.partition("=")
-        if not eq or key not in SIGNATURE_PARAMETERS or key in params:
-            return None  # bare keys, unknown or repeated parameters: the full parser decides
-        if value[:1] == '"':
-            inner = value[1:-1]
-            if (
-                len(value) < 2
-                or value[-1] != '"'
-                or '"' in inner
-                or "\\" in inner
-                or not inner.isascii()
-                or not inner.isprintable()
-            ):
-                return None  # also a ';' inside a string: split apart, it fails these checks
-            params[key] = inner
-        elif value.isascii() and value.isdigit() and len(value) <= 15 and (value[0] != "0" or value == "0"):
-            params[key] = int(value)
-        else:
-            return None
-    return params
-
-
-def _plain_component(name: str) -> Component:
-    cached = _PLAIN_COMPONENTS.get(name)
-    return cached if cached is not None else Component.from_item(sfv.Item(name, {}))
-
-
-def _fast_signature(text: str) -> dict[str, sfv.Member]:
-    match = _FAST_SIGNATURE.fullmatch(text)
-    if match is not None:
-        value = canonical_b64decode(match[2])
-        if value is not None:
-            return {match[1]: sfv.Item(value, {})}
-    return sfv.parse_dictionary(text)  # anything not canonical: the full parser's rules decide
-
-
-def canonical_b64decode(text: str) -> bytes | None:
-    """The bytes of ``text`` if it is base64 in canonical form (the exact padding, zero pad
-    bits), else None. ``b64decode`` alone also takes e.g. ``QUJD=``, which RFC 8941 refuses."""
-    try:
-        value = base64.b64decode(text, validate=True)
-    except ValueError:
-        return None
-    return value if base64.b64encode(value).decode() == text else None
-
-
-def _tag_of(member: sfv.Member | _FastInput) -> object:
-    return member.params.get("tag")
-
-
-def _claimed_key_id(params: sfv.Params) -> str:
+def _claimed_key_id(params: sf.Params) -> str:
     """The sender's keyid parameter, for logs (sf-strings are printable ASCII already)."""
     key_id = params.get("keyid")
     return key_id[:128] if type(key_id) is str else ""
 
 
-def _check_one(
-    keyring: Keyring,
-    policy: VerifyPolicy,
-    now: float,
-    label: str,
-    member: sfv.Member | _FastInput,
-    signature_member: sfv.Member,
-) -> Candidate:
-    malformed = Reason.MALFORMED_SIGNATURE
-    if not isinstance(signature_member, sfv.Item) or not isinstance(signature_member.value, bytes):
-        raise VerificationError(malformed, f"Signature {label!r} must be a byte sequence")
-    if isinstance(member, _FastInput):
-        components, params_text = member.components, member.serialized
-    elif isinstance(member, sfv.InnerList):
-        try:
-            components = tuple(Component.from_item(item) for item in member.items)
-            params_text = sfv.serialize_inner_list(member)
-        except (ComponentError, sfv.SFVError) as exc:
-            raise VerificationError(malformed, str(exc)) from None
-    else:
-        raise VerificationError(malformed, f"Signature-Input {label!r} must be an inner list")
-    covered = {c.identifier for c in components}
-    if len(covered) != len(components):
-        raise VerificationError(malformed, "a component is covered twice")
+def _covered(label: str, member: sf.Member | FastInput) -> tuple[tuple[Component, ...], str, frozenset[str]]:
+    """The components, the "@signature-params" text and the field names of one Signature-Input member."""
+    if isinstance(member, FastInput):
+        return member.components, member.serialized, member.fields
+    if not isinstance(member, sf.InnerList):
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"Signature-Input {label!r} must be an inner list")
+    try:
+        components = tuple(Component.from_item(item) for item in member.items)
+        return components, sf.serialize_inner_list(member), field_names(components)
+    except (ComponentError, sf.StructuredFieldError) as exc:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, str(exc)) from None
 
-    params = member.params
+
+def _check_params(params: sf.Params, policy: VerifyPolicy) -> None:
+    malformed = Reason.MALFORMED_SIGNATURE
     for name, value in params.items():
         if name not in SIGNATURE_PARAMETERS:
             raise VerificationError(malformed, f"unknown signature parameter {name!r}")
         wants_int = name in ("created", "expires")
+        # type() is, not isinstance: a bool is not an Integer, nor a Token or Display String a String
         if (type(value) is not int) if wants_int else (type(value) is not str):
             kind = "an integer" if wants_int else "a string"
             raise VerificationError(malformed, f"signature parameter {name!r} must be {kind}")
@@ -543,22 +254,40 @@ def _check_one(
     for name, required in (("alg", policy.require_alg), ("nonce", policy.require_nonce), ("created", True)):
         if required and name not in params:
             raise VerificationError(Reason.MISSING_PARAMETER, f"signature parameter {name!r} is required")
+
+
+def _check_one(
+    keyring: Keyring,
+    policy: VerifyPolicy,
+    now: float,
+    label: str,
+    member: sf.Member | FastInput,
+    signature_member: sf.Member,
+) -> Candidate:
+    if not isinstance(signature_member, sf.Item) or type(signature_member.value) is not bytes:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"Signature {label!r} must be a byte sequence")
+    components, params_text, fields = _covered(label, member)
+    covered = {c.identifier for c in components}
+    if len(covered) != len(components):
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, "a component is covered twice")
+    params = member.params
+    _check_params(params, policy)
     missing = sorted(policy.required - covered)
     if missing:
         raise VerificationError(Reason.INSUFFICIENT_COVERAGE, f"signature must cover {' '.join(missing)}")
 
     created = params["created"]
-    assert isinstance(created, int)
+    assert type(created) is int
     if now - created > policy.window_past:
         raise VerificationError(Reason.STALE, f"created more than {policy.window_past}s ago")
     if created - now > policy.window_future:
         raise VerificationError(Reason.FUTURE, f"created more than {policy.window_future}s in the future")
     expires = params.get("expires")
-    if isinstance(expires, int) and now >= expires:
+    if type(expires) is int and now >= expires:
         raise VerificationError(Reason.STALE, "signature has expired")
 
     key_id = params.get("keyid")
-    keys = (keyring.verifying_key(key_id, now),) if isinstance(key_id, str) else tuple(keyring.verifying_keys(now))
+    keys = (keyring.verifying_key(key_id, now),) if type(key_id) is str else tuple(keyring.verifying_keys(now))
     if not keys:
         raise VerificationError(Reason.UNKNOWN_KEY, "the keyring has no active key")
     nonce = params.get("nonce")
@@ -569,8 +298,9 @@ def _check_one(
         params_text=params_text,
         provided=signature_member.value,
         keys=keys,
-        created=created,
-        nonce=nonce if isinstance(nonce, str) else None,
+        replay_until=created + policy.window_past + policy.window_future,
+        nonce=nonce if type(nonce) is str else None,
+        fields=fields,
     )
 
 
@@ -586,13 +316,14 @@ def _check_digest_and_mac(request: RequestView, body: bytes, candidate: Candidat
         raise VerificationError(Reason.MALFORMED_SIGNATURE, str(exc)) from None
     provided = candidate.provided
     for key in candidate.keys:
-        if hmac.compare_digest(hmac.digest(key.material, base, "sha256"), provided):
+        if hmac.compare_digest(signature_mac(key, base), provided):
             token = candidate.nonce if candidate.nonce is not None else base64.b64encode(provided).decode()
             return Verified(
-                label=candidate.label,
                 key_id=key.id,
-                created=candidate.created,
                 replay_token=token,
+                replay_until=candidate.replay_until,
                 base_sha256=hashlib.sha256(base).hexdigest(),
+                label=candidate.label,
+                covered_fields=candidate.fields,
             )
     raise SignatureFailure(Reason.SIGNATURE_MISMATCH, "signature does not verify", base)
