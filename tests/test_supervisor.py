@@ -73,11 +73,12 @@ async def test_a_killed_worker_is_replaced_and_counted_and_metrics_cover_every_w
         await wait_ready(sign, proc)
         pids: set[int] = set()
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):  # new connections: SO_REUSEPORT spreads them over both workers
+            # new connections: SO_REUSEPORT spreads them over both workers, once the second one is
+            # up (bounded: a loaded machine may start it seconds after the first)
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(pids) < 2 and asyncio.get_running_loop().time() < deadline:
                 async with session.get(f"http://127.0.0.1:{sign}/healthz", headers={"Connection": "close"}) as r:
                     pids.add((await r.json())["pid"])
-                if len(pids) == 2:
-                    break
             assert len(pids) == 2
             for _ in range(40):
                 async with session.get(f"http://127.0.0.1:{verify}/nothing", headers={"Connection": "close"}) as r:
