@@ -50,6 +50,14 @@ def check_canonical_path(raw_target: str) -> None:
     answered ``400 non_canonical_path``.
     """
     path = raw_target.partition("?")[0]
+    if "%" not in path and "\\" not in path and "//" not in path and "/." not in path and "#" not in raw_target:
+        return  # the usual path: none of what check_path_segments looks for can be in it
+    check_path_segments(raw_target)
+
+
+def check_path_segments(raw_target: str) -> None:
+    """The full check, segment by segment (``check_canonical_path`` skips it for plain paths)."""
+    path = raw_target.partition("?")[0]
     segments = path.split("/")[1:]
     for index, segment in enumerate(segments):
         if not segment and index != len(segments) - 1:
