@@ -21,6 +21,9 @@ from gateway.keys.sources import FileSource, KeySource
 
 MAX_ATTEMPTS_PER_WRITE = 500
 DEADLINE_SECONDS = 120.0
+# spawned workers import boto3 before they meet: on a loaded 2-core machine that alone can take
+# most of a minute for eight of them
+BARRIER_SECONDS = 180.0
 
 
 def append_entries(source: KeySource, worker: int, writes: int) -> dict[str, int]:
@@ -52,7 +55,7 @@ def file_worker(
     path: str, seal_key_env: str | None, worker: int, writes: int, barrier: Barrier, results: Queue[Any]
 ) -> None:
     source = FileSource("ring", Path(path), seal_key_env=seal_key_env)
-    barrier.wait(timeout=60)
+    barrier.wait(timeout=BARRIER_SECONDS)
     results.put((worker, append_entries(source, worker, writes)))
 
 
@@ -60,7 +63,7 @@ def secrets_manager_worker(
     endpoint: str, secret_id: str, worker: int, writes: int, barrier: Barrier, results: Queue[Any]
 ) -> None:
     source = SecretsManagerSource("ring", secret_id, region="us-east-1", endpoint_url=endpoint, max_attempts=1)
-    barrier.wait(timeout=60)
+    barrier.wait(timeout=BARRIER_SECONDS)
     results.put((worker, append_entries(source, worker, writes)))
 
 

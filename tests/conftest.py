@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import redis
 from aiohttp import web
@@ -25,6 +26,7 @@ from gateway.proxy.app import build_listener_app
 from gateway.proxy.runtime import Runtime, open_runtime
 from gateway.replay import ReplayStore
 from tests.helpers import FakeClock, random_secret
+from tests.moto_faults import AWS_ENV, FaultyMotoServer
 from tests.support import REDIS_URL, Proc
 
 
@@ -178,3 +180,28 @@ def redis_is_running() -> None:
         redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
     except redis.RedisError:
         pytest.fail("no redis-server answers on 127.0.0.1:6379 (.ci/run starts one; see README Development)")
+
+
+# -- AWS: moto's server over HTTP, behind the fault injector --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[FaultyMotoServer]:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in AWS_ENV.items():
+            mp.setenv(name, value)
+        server = FaultyMotoServer()
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def sm(moto: FaultyMotoServer) -> Iterator[Any]:
+    """A boto3 client for the test's own writes (what an operator's `aws` CLI would do)."""
+    moto.injector.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in AWS_ENV.items():
+            mp.setenv(name, value)
+        yield boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1")
+    moto.injector.clear()

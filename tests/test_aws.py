@@ -13,12 +13,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 
 from gateway.errors import SourceError, WriteConflict
@@ -30,28 +28,6 @@ from tests.conftest import GatewayFactory, Recorder
 from tests.helpers import FakeClock, random_secret
 from tests.moto_faults import AWS_ENV, Fault, FaultyMotoServer
 from tests.support import lib_signed_headers, lib_verify_received, post
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[FaultyMotoServer]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = FaultyMotoServer()
-        server.start()
-        yield server
-        server.stop()
-
-
-@pytest.fixture
-def sm(moto: FaultyMotoServer) -> Iterator[Any]:
-    """A boto3 client for the test's own writes (what an operator's `aws` CLI would do)."""
-    moto.injector.clear()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        yield boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name="us-east-1")
-    moto.injector.clear()
 
 
 def new_secret(sm: Any, document: dict[str, Any] | str) -> str:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,17 +310,6 @@ def test_keys_lists_what_loads_and_names_what_does_not(tmp_path: Path) -> None:
     assert doc["errors"]["bad"] == line.removeprefix("hmac-gateway: ")
     assert "too-short-secret" not in as_json.stdout + as_json.stderr
     assert bad.read_text() == json.dumps({"tiny": "too-short-secret"})
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[FaultyMotoServer]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = FaultyMotoServer()
-        server.start()
-        yield server
-        server.stop()
 
 
 def test_keys_reads_a_secrets_manager_keyring_without_writing_to_it(moto: FaultyMotoServer, tmp_path: Path) -> None:

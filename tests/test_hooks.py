@@ -8,7 +8,7 @@ import io
 import json
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,6 @@ from gateway.rotation.hooks import VERSION_VARIABLE, notify_verifiers
 from tests.moto_faults import AWS_ENV, FaultyMotoServer
 
 REGION = "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[FaultyMotoServer]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = FaultyMotoServer()
-        server.start()
-        yield server
-        server.stop()
 
 
 @pytest.fixture

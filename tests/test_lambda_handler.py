@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +33,11 @@ from gateway.rotation import lambda_handler
 from gateway.rotation.lambda_handler import BASE_PREFIX, RotationStepFailed, Rotator, Target
 from gateway.rotation.policy import Policy
 from tests.helpers import FakeClock, random_secret
-from tests.moto_faults import AWS_ENV, Fault, FaultyMotoServer
+from tests.moto_faults import Fault, FaultyMotoServer
 
 POLICY = Policy(propagation_delay=120, overlap=600, rotation_period=3600, clock_skew=60)
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 ACCOUNT, REGION = "123456789012", "us-east-1"  # moto's defaults
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[FaultyMotoServer]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = FaultyMotoServer()
-        server.start()
-        yield server
-        server.stop()
-
-
-@pytest.fixture
-def sm(moto: FaultyMotoServer) -> Iterator[Any]:
-    moto.injector.clear()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        yield boto3.client("secretsmanager", endpoint_url=moto.endpoint, region_name=REGION)
-    moto.injector.clear()
 
 
 def begin_rotation(name: str, *, enabled: bool = True) -> str:
