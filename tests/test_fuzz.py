@@ -4,27 +4,19 @@ on loopback, over raw sockets so that nothing sanitises the bytes on the way."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway import config as config_mod
-from gateway.echo import build_echo_app
 from gateway.errors import VerificationError
-from gateway.observability import ParserRefusalFilter
-from gateway.server import Bound, run
 from gateway.signing import rfc9421
 from tests import support
 from tests.helpers import REQUIRED, flat_keyring, lib_message, lib_signer, random_secret
@@ -44,36 +36,15 @@ FUZZED_HEADERS = [
 KEYS = {"key-v1": random_secret(), "key-v2": random_secret()}
 
 
-class _ErrorCounter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     ring = tmp / "ring.json"
     ring.write_text(json.dumps(KEYS))
     os.chmod(ring, 0o600)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready: asyncio.Future[list[Bound]] = loop.create_future()
-    errors = _ErrorCounter()
-    logging.getLogger("gateway").addHandler(errors)
-    refusals = ParserRefusalFilter()  # what serve installs on aiohttp's server log
-    logging.getLogger("aiohttp.server").addFilter(refusals)
-    logging.getLogger("aiohttp.server").addHandler(errors)
 
-    async def main() -> None:
-        echo = web.AppRunner(build_echo_app())
-        await echo.setup()
-        await web.TCPSite(echo, "127.0.0.1", 0).start()
-        upstream = f"http://127.0.0.1:{echo.addresses[0][1]}"
-        raw = {
+    def raw(upstream: str) -> dict[str, Any]:
+        return {
             "keyrings": {"ring": {"path": str(ring)}},
             "listeners": {"verify": {"port": 0}, "sign": {"port": 0}},
             "routes": [
@@ -88,21 +59,9 @@ def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
                 },
             ],
         }
-        try:
-            await run(config_mod.parse(raw, base_dir=tmp), stop, on_ready=ready)
-        finally:
-            await echo.cleanup()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    bound = asyncio.run_coroutine_threadsafe(asyncio.wait_for(asyncio.shield(ready), 10), loop).result()
-    ports = {b.name: b.port for b in bound}
-    yield {"ports": ports, "errors": errors}
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
-    logging.getLogger("gateway").removeHandler(errors)
-    logging.getLogger("aiohttp.server").removeHandler(errors)
-    logging.getLogger("aiohttp.server").removeFilter(refusals)
+    with support.live_gateway(raw, tmp) as gw:
+        yield {"ports": gw.ports, "errors": gw.errors}
 
 
 def signed_request(port: int) -> tuple[str, CIMultiDict[str], bytes]:
