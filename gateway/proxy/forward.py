@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from gateway.proxy.http1_head import (
     request_head,
 )
 from gateway.proxy.pool import BUSY_WRITE_TIMEOUT, WRITE_TIMEOUT, ConnectionPool
+from gateway.proxy.tls import UpstreamTLS, client_context
 
 _BUFFER_LIMIT = 1024 * 1024  # answers up to this size (and of known length) are relayed in one piece
 _BODYLESS = frozenset({101, 204, 304})
@@ -95,8 +95,11 @@ class Upstream:
         write_timeout: float = WRITE_TIMEOUT,
         busy_write_timeout: float = BUSY_WRITE_TIMEOUT,
         observe_latency: Callable[[float], None] | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.target = UpstreamTarget.parse(url)
+        # built now, so a bad CA bundle or key is a start-up error, not a failure per request
+        self.ssl_context = client_context(tls or UpstreamTLS()) if self.target.scheme == "https" else None
         self.observe_latency = observe_latency  # seconds from sending to the answer's head
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -117,7 +120,7 @@ class Upstream:
             head_limits=self.head_limits,
             write_timeout=self.write_timeout,
             busy_write_timeout=self.busy_write_timeout,
-            ssl_context=ssl.create_default_context() if t.scheme == "https" else None,
+            ssl_context=self.ssl_context,
         )
 
     async def close(self) -> None:
