@@ -33,16 +33,19 @@ from gateway.keys.settings import (
     DEFAULT_ENCODING,
     FILE_DEFAULTS,
     REFRESH_DEFAULTS,
+    ROTATION_DEFAULTS,
     SECRETS_MANAGER_DEFAULTS,
     FileSourceSettings,
     KeyringSettings,
     RefreshPolicy,
+    RotationSettings,
     SecretsManagerSettings,
     SourceSettings,
 )
 from gateway.replay import STORES as REPLAY_STORES
 from gateway.replay import ReplaySettings
 from gateway.replay.address import RedisAddress
+from gateway.rotation.controller import policy_for
 from gateway.signing.rfc9421 import DEFAULT_COMPONENTS, ComponentError, parse_components
 
 ENV_PREFIX = "HMAC_GATEWAY__"
@@ -108,6 +111,13 @@ class KeyringConfig:
     max_staleness: float = REFRESH_DEFAULTS.max_staleness
     early_refresh_interval: float = REFRESH_DEFAULTS.early_refresh_interval
     backoff_cap: float = REFRESH_DEFAULTS.backoff_cap
+    # rotation (hmac-gateway rotate)
+    propagation_delay: float | None = ROTATION_DEFAULTS.propagation_delay
+    overlap: float = ROTATION_DEFAULTS.overlap
+    rotation_period: float = ROTATION_DEFAULTS.rotation_period
+    emergency_grace: float = ROTATION_DEFAULTS.emergency_grace
+    clock_skew: float = ROTATION_DEFAULTS.clock_skew
+    audit_log: Path | None = ROTATION_DEFAULTS.audit_log
 
     @property
     def settings(self) -> KeyringSettings:
@@ -136,7 +146,17 @@ class KeyringConfig:
             early_refresh_interval=self.early_refresh_interval,
             backoff_cap=self.backoff_cap,
         )
-        return KeyringSettings(name=self.name, source=source, encoding=self.encoding, refresh=refresh)
+        rotation = RotationSettings(
+            propagation_delay=self.propagation_delay,
+            overlap=self.overlap,
+            rotation_period=self.rotation_period,
+            emergency_grace=self.emergency_grace,
+            clock_skew=self.clock_skew,
+            audit_log=self.audit_log,
+        )
+        return KeyringSettings(
+            name=self.name, source=source, encoding=self.encoding, refresh=refresh, rotation=rotation
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,11 +623,35 @@ def _parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str
             max_staleness=r.number("max_staleness_seconds", REFRESH_DEFAULTS.max_staleness),
             early_refresh_interval=r.number("early_refresh_interval_seconds", REFRESH_DEFAULTS.early_refresh_interval),
             backoff_cap=r.number("backoff_cap_seconds", REFRESH_DEFAULTS.backoff_cap),
+            **_rotation_fields(r, base_dir),
         )
         if out[name].refresh_jitter >= 1:
             problems.append(f"{where}.refresh_jitter: must be a fraction below 1")
+        _check_rotation_policy(out[name], where, problems)
         r.finish()
     return out
+
+
+def _rotation_fields(r: _Reader, base_dir: Path) -> dict[str, Any]:
+    delay = (
+        r.number("propagation_delay_seconds", 0.0, positive=False) if "propagation_delay_seconds" in r.table else None
+    )
+    audit = r.text("audit_log", None)
+    return {
+        "propagation_delay": delay,
+        "overlap": r.number("overlap_seconds", ROTATION_DEFAULTS.overlap),
+        "rotation_period": r.number("rotation_period_seconds", ROTATION_DEFAULTS.rotation_period, positive=False),
+        "emergency_grace": r.number("emergency_grace_seconds", ROTATION_DEFAULTS.emergency_grace, positive=False),
+        "clock_skew": r.number("clock_skew_seconds", ROTATION_DEFAULTS.clock_skew, positive=False),
+        "audit_log": None if audit is None else (base_dir / audit if not Path(audit).is_absolute() else Path(audit)),
+    }
+
+
+def _check_rotation_policy(kc: KeyringConfig, where: str, problems: list[str]) -> None:
+    try:
+        policy_for(kc.settings)
+    except ConfigError as exc:
+        problems.extend(f"{where}.{p}" for p in exc.problems)
 
 
 def _parse_routes(

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 from gateway import __version__, exitcodes
 from gateway import config as config_mod
-from gateway.cli import check_config, echo, keys, serve
+from gateway.cli import check_config, echo, keys, rotate, serve
 from gateway.cli.base import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
     serve.COMMAND,
     check_config.COMMAND,
     keys.COMMAND,
+    rotate.COMMAND,
     echo.COMMAND,
 )
 
