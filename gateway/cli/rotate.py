@@ -186,6 +186,4 @@ def run(args: argparse.Namespace) -> int:
     return first_failure
 
 
-COMMAND = Command(
-    "rotate", "run the key lifecycle: advance, add, promote, retire, rollback, status", add_arguments, run
-)
+COMMAND = Command("rotate", "rotate keys: add, promote, retire, rollback", add_arguments, run)

@@ -32,7 +32,7 @@ from gateway.keys.settings import KeyringSettings
 from gateway.keys.sources import Document, KeySource
 from gateway.rotation.audit import Auditor
 from gateway.rotation.lifecycle import Random, apply, plan
-from gateway.rotation.policy import Plan, Policy, Request, RotationRefused, Step, propagation_delay_for
+from gateway.rotation.policy import ActionKind, Plan, Policy, Request, RotationRefused, Step, propagation_delay_for
 
 DEFAULT_ATTEMPTS = 8
 Sleep = Callable[[float], None]
@@ -162,8 +162,14 @@ class Controller:
 def next_step_line(keyring: Keyring, the_plan: Plan) -> str:
     """One sentence: what ``rotate`` (no step) would do now, or when it next can do something."""
     if the_plan.changed:
-        kinds = ", ".join(dict.fromkeys(a.kind.value for a in the_plan.actions if a.kind.value != "upgrade"))
-        return f"rotate would {kinds} now"
+        parts = []
+        for action in the_plan.actions:
+            if action.kind is ActionKind.ADD:
+                parts.append("add a new pending key")
+            elif action.kind not in (ActionKind.UPGRADE, ActionKind.DEMOTE):  # a promotion implies its demotion
+                parts.append(f"{action.kind.value} {', '.join(action.key_ids)}")
+        upgrade = " (upgrading the flat map to a lifecycle document)" if the_plan.before_format == "flat" else ""
+        return f"rotate would {', '.join(parts)} now{upgrade}"
     if the_plan.next_step_at is None:
         return "rotate has nothing to do until asked (" + "; ".join(the_plan.notes) + ")"
     return f"rotate has nothing to do before {to_rfc3339(the_plan.next_step_at)}"
