@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 import boto3
 import pytest
 
-from gateway.errors import RotationConflict, SourceUnavailable
+from gateway import config as config_mod
+from gateway.errors import ConfigError, RotationConflict, SourceUnavailable
 from gateway.keys.aws import SecretsManagerSource
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring, KeyState
 from gateway.keys.settings import (
+    ROTATION_DEFAULTS,
     FileSourceSettings,
     KeyringSettings,
     RefreshPolicy,
@@ -321,3 +324,52 @@ def test_an_unreachable_source_is_source_unavailable(moto: FaultyMotoServer) -> 
     controller, _ = make(source, settings, FakeClock(T0))
     with pytest.raises(SourceUnavailable, match="cannot connect to the Secrets Manager endpoint"):
         controller.run(Request())
+
+
+# -- rotation settings: config keys, validation, README ------------------------------------------
+
+
+def _raw(**ring: Any) -> dict[str, Any]:
+    return {
+        "keyrings": {"r": {"path": "r.json", **ring}},
+        "listeners": {"sign": {"port": 0}},
+        "routes": [{"listener": "sign", "mode": "sign", "upstream": "http://127.0.0.1:9", "keyring": "r"}],
+    }
+
+
+def test_rotation_settings_come_from_the_keyring_table(tmp_path: Path) -> None:
+    raw = _raw(
+        propagation_delay_seconds=900,
+        overlap_seconds=7200,
+        rotation_period_seconds=0,
+        emergency_grace_seconds=30,
+        clock_skew_seconds=5,
+        audit_log="logs/rotate.jsonl",
+    )
+    cfg = config_mod.parse(raw, base_dir=tmp_path)
+    rotation = cfg.keyrings["r"].settings.rotation
+    assert rotation == RotationSettings(900.0, 7200.0, 0.0, 30.0, 5.0, tmp_path / "logs" / "rotate.jsonl")
+    policy = policy_for(cfg.keyrings["r"].settings)
+    assert (policy.propagation_delay, policy.overlap, policy.rotation_period) == (900.0, 7200.0, None)
+    assert json.dumps(cfg.to_public_dict(), default=str)  # check-config --json can show it
+    assert config_mod.parse(_raw(), base_dir=tmp_path).keyrings["r"].settings.rotation == ROTATION_DEFAULTS
+
+
+def test_a_rotation_policy_that_would_break_senders_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_mod.parse(_raw(overlap_seconds=60, propagation_delay_seconds=0), base_dir=tmp_path)
+    assert any(p.startswith("[keyrings.r].propagation_delay: must be positive") for p in info.value.problems)
+    with pytest.raises(ConfigError) as info:
+        config_mod.parse(_raw(overlap_seconds=60), base_dir=tmp_path)
+    assert any(p.startswith("[keyrings.r].overlap: 60 s is shorter than") for p in info.value.problems)
+
+
+def test_the_readme_documents_the_rotation_defaults_the_settings_declare() -> None:
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("## Key rotation", 1)[1]
+    rows = dict(re.findall(r"^\| `(\w+)` \| `?([^`|]+)`? ", section.split("\n## ", 1)[0], re.M))
+    assert float(rows["overlap_seconds"]) == ROTATION_DEFAULTS.overlap
+    assert float(rows["rotation_period_seconds"]) == ROTATION_DEFAULTS.rotation_period
+    assert float(rows["emergency_grace_seconds"]) == ROTATION_DEFAULTS.emergency_grace
+    assert float(rows["clock_skew_seconds"]) == ROTATION_DEFAULTS.clock_skew
+    derived = policy_for(KeyringSettings("x", FileSourceSettings(Path("x")))).propagation_delay
+    assert re.search(rf"^\| `propagation_delay_seconds` \| derived: .*\({derived:g} s by default\)", section, re.M)
