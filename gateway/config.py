@@ -45,7 +45,7 @@ from gateway.keys.settings import (
 from gateway.replay import STORES as REPLAY_STORES
 from gateway.replay import ReplaySettings
 from gateway.replay.address import RedisAddress
-from gateway.rotation.controller import policy_for
+from gateway.rotation.settings import policy_for
 from gateway.signing.rfc9421 import DEFAULT_COMPONENTS, ComponentError, parse_components
 
 ENV_PREFIX = "HMAC_GATEWAY__"

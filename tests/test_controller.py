@@ -33,7 +33,8 @@ from gateway.keys.settings import (
 from gateway.keys.sources import Document, FileSource
 from gateway.rotation import Refusal, Request, RotationRefused, Step
 from gateway.rotation.audit import AuditLog, Auditor, MemoryAudit, actor_for
-from gateway.rotation.controller import Controller, policy_for
+from gateway.rotation.controller import Controller
+from gateway.rotation.settings import policy_for
 from tests.helpers import FakeClock, random_secret
 from tests.moto_faults import AWS_ENV, Fault, FaultyMotoServer
 from tests.support import free_port

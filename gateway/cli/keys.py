@@ -16,9 +16,10 @@ from gateway.errors import KeyringError
 from gateway.keys.factory import read_keyring
 from gateway.keys.model import Key, Keyring
 from gateway.keys.settings import KeyringSettings
-from gateway.rotation.controller import next_step_line, policy_for
+from gateway.rotation.controller import next_step_line
 from gateway.rotation.lifecycle import plan
 from gateway.rotation.policy import RotationRefused
+from gateway.rotation.settings import policy_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,26 +32,11 @@ from gateway.keys.settings import KeyringSettings
 from gateway.keys.sources import Document, KeySource
 from gateway.rotation.audit import Auditor
 from gateway.rotation.lifecycle import Random, apply, plan
-from gateway.rotation.policy import ActionKind, Plan, Policy, Request, RotationRefused, Step, propagation_delay_for
+from gateway.rotation.policy import ActionKind, Plan, Policy, Request, RotationRefused, Step
+from gateway.rotation.settings import policy_for
 
 DEFAULT_ATTEMPTS = 8
 Sleep = Callable[[float], None]
-
-
-def policy_for(settings: KeyringSettings) -> Policy:
-    """The keyring's rotation rules; raises ConfigError naming each bad setting."""
-    rotation, refresh = settings.rotation, settings.refresh
-    delay = rotation.propagation_delay
-    if delay is None:
-        delay = propagation_delay_for(refresh.interval, refresh.jitter)
-    return Policy(
-        propagation_delay=delay,
-        overlap=rotation.overlap,
-        rotation_period=rotation.rotation_period or None,
-        emergency_grace=rotation.emergency_grace,
-        clock_skew=rotation.clock_skew,
-        encoding=settings.encoding,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +178,7 @@ def emergency_warning(the_plan: Plan, settings: KeyringSettings) -> list[str]:
         f"(within {reload_within:g} s); until then their requests fail verification."
     )
     lines.append(
-        "  Senders holding the secret themselves (partners, services outside the gateway) fail until they "
-        f"are given {new}'s secret: `hmac-gateway keys` lists it by id; hand the secret over out of band."
+        "  Senders holding the secret themselves (partners, services outside the gateway) fail until "
+        f"they are given key {new}."
     )
     return lines
