@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from gateway import exitcodes
-from gateway.clock import to_rfc3339
+from gateway.clock import from_rfc3339, to_rfc3339
 from gateway.keys.formats import parse_keyring
 from gateway.keys.model import Keyring, KeyState
 from tests.helpers import random_secret
@@ -314,6 +314,36 @@ def test_an_unreachable_secrets_manager_exits_9(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "hmac-gateway: keyring 'demo': aws-secretsmanager:s: cannot connect to the Secrets Manager endpoint"
     ]
+
+
+def test_a_shorter_overlap_needs_the_override_and_the_audit_records_it(tmp_path: Path, ring: Any) -> None:
+    cfg, path, _, _ = ring
+    result = cli(
+        "--config", str(cfg), "rotate", "--keyring", "demo", "promote", "--override-overlap", "3600", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    old = read_ring(path).get("key-old")
+    assert old is not None and old.expires_at is not None
+    demote = next(r for r in audit_records(tmp_path) if r["action"] == "demote")
+    assert demote["overrides"] == ["short_overlap"]
+    assert old.expires_at - from_rfc3339(demote["time"]) == pytest.approx(3600, abs=2)
+    too_short = cli(
+        "--config", str(cfg), "rotate", "--keyring", "demo", "rollback", "--override-overlap", "60", cwd=tmp_path
+    )
+    assert too_short.returncode == exitcodes.REFUSED and "(overlap_too_short)" in too_short.stderr
+
+
+def test_all_tries_every_keyring_and_exits_with_the_first_failure(tmp_path: Path) -> None:
+    write_ring(tmp_path / "keyrings" / "a.json", lifecycle(key("key-a", "primary")))
+    write_ring(tmp_path / "keyrings" / "b.json", lifecycle(key("key-b", "primary")))
+    cfg = config(tmp_path, 'path = "keyrings/missing.json"\n[keyrings.a]\npath = "keyrings/a.json"\n')
+    result = cli("--config", str(cfg), "rotate", "--all", "add", cwd=tmp_path)
+    assert result.returncode == exitcodes.SOURCE_UNAVAILABLE
+    assert "keyring 'demo': file:" in result.stderr and "keyring file does not exist" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "hmac-gateway: rotate: at least one keyring failed (see above); the others were rotated"
+    )
+    assert [k.state for k in read_ring(tmp_path / "keyrings" / "a.json").keys] == [KeyState.PRIMARY, KeyState.PENDING]
 
 
 # -- eight rotators at once ----------------------------------------------------------------------
