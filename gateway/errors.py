@@ -14,6 +14,9 @@ ever carries key material: messages name key ids, files and settings, never secr
      │    ├── SourceError          the source could not be read or written
      │    │    └── WriteConflict   a compare-and-swap write lost: the stored version moved
      │    └── SealError            a sealed file: missing/wrong master key, corrupt
+     ├── RotationError          ``rotate`` could not carry out a step it was allowed to take
+     │    ├── RotationConflict     every compare-and-swap attempt lost to another writer  -> exit 8
+     │    └── SourceUnavailable    the keyring's source could not be read or written      -> exit 9
      └── RequestRejected        a request answered with a problem+json reason
           └── VerificationError    a signature check failed (401)
 """
@@ -60,6 +63,19 @@ class WriteConflict(SourceError):
 
 class SealError(KeyringError):
     """A sealed keyring file cannot be opened."""
+
+
+class RotationError(GatewayError):
+    """A rotation step the lifecycle allowed could not be carried out (the keyring is unchanged or
+    its outcome is said). A step the lifecycle refuses is ``gateway.rotation.RotationRefused``."""
+
+
+class RotationConflict(RotationError):
+    """Other writers won every compare-and-swap attempt; run again (nothing was lost)."""
+
+
+class SourceUnavailable(RotationError):
+    """The keyring source could not be read or written during a rotation."""
 
 
 @dataclass(frozen=True, slots=True)

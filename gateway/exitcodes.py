@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.errors import ConfigError, GatewayError, KeyringError
+from gateway.errors import ConfigError, GatewayError, KeyringError, RotationConflict, SourceUnavailable
+from gateway.rotation.policy import Refusal, RotationRefused
 
 OK = 0
 FAILURE = 1  # unexpected error (a bug: run with --debug for the traceback)
@@ -18,6 +19,10 @@ CONFIG_ERROR = 2  # invalid configuration or command-line usage
 KEYRING_ERROR = 3  # a keyring could not be loaded (missing, malformed, sealed without key) or created
 BIND_ERROR = 4  # a listener could not bind its address
 REPLAY_STORE_ERROR = 5  # the shared replay store (Redis) did not answer at start
+NOT_YET = 6  # rotate: refused for now (too early, overlap active, a key already pending); the line says how long
+REFUSED = 7  # rotate: the lifecycle does not allow this step (nothing to promote/retire/roll back, bad secret, ...)
+WRITE_CONFLICT = 8  # rotate: other writers won every compare-and-swap attempt; nothing lost, run again
+SOURCE_UNAVAILABLE = 9  # rotate: the keyring source could not be read or written (unreachable, denied, ...)
 INTERRUPTED = 130  # stopped by Ctrl-C before start-up completed
 
 PROG = "hmac-gateway"
@@ -32,8 +37,19 @@ def error_lines(message: str, problems: Sequence[str] = ()) -> list[str]:
     return [f"{PROG}: {message}"]
 
 
+# Refusals that waiting cures: scripts retry these later; the others need a different request.
+WAIT_REFUSALS = frozenset({Refusal.TOO_EARLY, Refusal.OVERLAP_ACTIVE, Refusal.PENDING_EXISTS})
+
+
 def describe(exc: GatewayError) -> tuple[int, list[str]]:
     """The exit code and the stderr lines for an error a command raised on purpose."""
+    if isinstance(exc, RotationRefused):
+        code = NOT_YET if exc.code in WAIT_REFUSALS else REFUSED
+        return code, error_lines(f"refused ({exc.code.value}): {exc}")
+    if isinstance(exc, RotationConflict):
+        return WRITE_CONFLICT, error_lines(str(exc))
+    if isinstance(exc, SourceUnavailable):
+        return SOURCE_UNAVAILABLE, error_lines(str(exc))
     if isinstance(exc, ConfigError):
         return CONFIG_ERROR, error_lines("config error", exc.problems)
     if isinstance(exc, KeyringError):

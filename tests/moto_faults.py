@@ -1,7 +1,8 @@
 """moto's Secrets Manager in server mode, over real HTTP on 127.0.0.1, behind a small WSGI
 wrapper that counts the calls the *server* receives and injects real HTTP faults on chosen
-calls: throttling (400 ThrottlingException), 5xx, access denied, latency, and a lost answer
-(the call is applied, then the client gets a 500 instead of the result)."""
+calls: throttling (400 ThrottlingException), 5xx, access denied, latency, a lost answer
+(the call is applied, then the client gets a 500 instead of the result), and a hang (the call
+is never applied; the client waits, then gets a 503 — or is killed while it waits)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ _ERRORS = {
 
 @dataclass
 class Fault:
-    kind: str  # throttle | error500 | unavailable | deny | delay | lost_answer
+    kind: str  # throttle | error500 | unavailable | deny | delay | lost_answer | hang
     action: str = "GetSecretValue"
     times: int | None = None  # None: until cleared
     seconds: float = 0.0
@@ -96,6 +97,9 @@ class FaultInjector:
         if fault is not None:
             if fault.kind == "delay":
                 time.sleep(fault.seconds)
+            elif fault.kind == "hang":  # never applied: the caller waits, then gets a 503 (or dies first)
+                time.sleep(fault.seconds)
+                return self._error(start_response, "unavailable")
             elif fault.kind == "lost_answer":
                 for _ in self.app(environ, lambda *args, **kwargs: None):  # applied, answer dropped
                     pass

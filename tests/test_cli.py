@@ -264,10 +264,12 @@ def test_keys_shows_state_age_and_expiry_of_every_key_and_no_secret(tmp_path: Pa
         f"  key-old   retiring  3d 4h    {old} (in 5h 12m)",
         "  key-now   primary   2h 7m    -",
         "  key-next  pending   20m      -",
+        "  next: rotate would remove key-gone, promote key-next now",
         f"flat  (flat, signing with key-v2, file:{flat_path})",
         "  KEY     STATE     AGE      EXPIRES",
         "  key-v1  retiring  -        -",
         "  key-v2  primary   -        -",
+        "  next: rotate would add a new pending key now (upgrading the flat map to a lifecycle document)",
     ]
 
     as_json = cli("--config", str(cfg), "keys", "--json", cwd=tmp_path)
@@ -286,6 +288,8 @@ def test_keys_shows_state_age_and_expiry_of_every_key_and_no_secret(tmp_path: Pa
     assert rows["key-now"]["promoted_at"] == lifecycle["keys"][2]["promoted_at"]
     assert [k["state"] for k in doc["keyrings"]["flat"]["keys"]] == ["retiring", "primary"]
     assert doc["keyrings"]["flat"]["keys"][0]["age_seconds"] is None
+    assert life["rotation"]["actions"] == ["remove", "demote", "promote"]
+    assert doc["keyrings"]["flat"]["rotation"]["actions"] == ["upgrade", "add"]
 
     for result in (text, as_json):
         for secret in [*lifecycle_secrets, *flat_secrets.values()]:
@@ -332,6 +336,7 @@ def test_keys_reads_a_secrets_manager_keyring_without_writing_to_it(moto: Faulty
         "  KEY    STATE     AGE      EXPIRES",
         "  key-a  retiring  -        -",
         "  key-b  primary   -        -",
+        "  next: rotate would add a new pending key now (upgrading the flat map to a lifecycle document)",
     ]
     new_calls = {a: n - calls_before.get(a, 0) for a, n in moto.injector.calls.items() if n != calls_before.get(a, 0)}
     assert new_calls == {"GetSecretValue": 1}  # one read, no write of any kind

@@ -15,6 +15,11 @@ from gateway.clock import system_clock, to_rfc3339
 from gateway.errors import KeyringError
 from gateway.keys.factory import read_keyring
 from gateway.keys.model import Key, Keyring
+from gateway.keys.settings import KeyringSettings
+from gateway.rotation.controller import next_step_line
+from gateway.rotation.lifecycle import plan
+from gateway.rotation.policy import RotationRefused
+from gateway.rotation.settings import policy_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +67,19 @@ def keyring_row(keyring: Keyring, source: str, now: float) -> dict[str, Any]:
     }
 
 
+def next_step(keyring: Keyring, settings: KeyringSettings, now: float) -> dict[str, Any]:
+    """Which step ``rotate`` (no step) would take now, and when it next can: a dry plan, never written."""
+    try:
+        the_plan = plan(keyring, now, policy_for(settings))
+    except RotationRefused as exc:  # advance refuses nothing today; say so rather than crash if it ever does
+        return {"would": f"rotate would be refused ({exc.code.value})", "actions": [], "next_step_at": None}
+    return {
+        "would": next_step_line(keyring, the_plan),
+        "actions": [a.kind.value for a in the_plan.actions],
+        "next_step_at": _stamp(the_plan.next_step_at),
+    }
+
+
 def _text(name: str, ring: dict[str, Any]) -> list[str]:
     lines = [f"{name}  ({ring['format']}, signing with {ring['signing_key']}, {ring['source']})"]
     width = max(len("KEY"), *(len(k["id"]) for k in ring["keys"]))
@@ -75,6 +93,8 @@ def _text(name: str, ring: dict[str, Any]) -> list[str]:
         else:
             expiry = f"{k['expires_at']} (expired: no longer verifies)"
         lines.append(f"  {k['id']:<{width}}  {k['state']:<8}  {age:<7}  {expiry}")
+    if "rotation" in ring:
+        lines.append(f"  next: {ring['rotation']['would']}")
     return lines
 
 
@@ -91,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             failed[name] = exc
             continue
         rings[name] = keyring_row(keyring, settings.source.description, now)
+        rings[name]["rotation"] = next_step(keyring, settings, now)
     if args.json:
         document: dict[str, Any] = {"keyrings": rings}
         if failed:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from gateway import __version__, exitcodes
 from gateway import config as config_mod
-from gateway.cli import check_config, echo, keys, reseal, serve
+from gateway.cli import check_config, echo, keys, reseal, rotate, serve
 from gateway.cli.base import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
@@ -16,6 +16,7 @@ COMMANDS: tuple[Command, ...] = (
     check_config.COMMAND,
     keys.COMMAND,
     reseal.COMMAND,
+    rotate.COMMAND,
     echo.COMMAND,
 )
 

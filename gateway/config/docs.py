@@ -15,6 +15,7 @@ from gateway.config.declare import markdown_table
 from gateway.config.model import (
     AWS_KEYS,
     FILE_KEYS,
+    ROTATION_KEYS,
     EchoConfig,
     GatewayConfig,
     KeyringConfig,
@@ -28,7 +29,8 @@ _BLOCK = re.compile(r"(<!-- settings:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(\n<!-
 def tables() -> dict[str, str]:
     return {
         "gateway": markdown_table(GatewayConfig),
-        "keyrings": markdown_table(KeyringConfig, skip=FILE_KEYS + AWS_KEYS),
+        "keyrings": markdown_table(KeyringConfig, skip=FILE_KEYS + AWS_KEYS + ROTATION_KEYS),
+        "keyrings-rotation": markdown_table(KeyringConfig, only=ROTATION_KEYS),
         "keyrings-file": markdown_table(KeyringConfig, only=FILE_KEYS),
         "keyrings-aws": markdown_table(KeyringConfig, only=AWS_KEYS),
         "listeners": markdown_table(ListenerConfig),

@@ -22,10 +22,12 @@ from gateway.keys.settings import (
     DEFAULT_ENCODING,
     FILE_DEFAULTS,
     REFRESH_DEFAULTS,
+    ROTATION_DEFAULTS,
     SECRETS_MANAGER_DEFAULTS,
     FileSourceSettings,
     KeyringSettings,
     RefreshPolicy,
+    RotationSettings,
     SecretsManagerSettings,
     SourceSettings,
 )
@@ -144,6 +146,39 @@ class KeyringConfig:
         "cap of the exponential back-off (1 s, 2 s, 4 s, …) after failed refreshes",
         key="backoff_cap_seconds",
     )
+    # rotation (hmac-gateway rotate)
+    propagation_delay: float | None = setting(
+        ROTATION_DEFAULTS.propagation_delay,
+        "how long a key stays pending before it may sign; raise it for verifiers outside the gateway",
+        key="propagation_delay_seconds",
+        positive=False,
+        shown_default="derived: `ceil(2 * refresh_interval * (1 + jitter) + 60)` (126 s by default)",
+    )
+    overlap: float = setting(
+        ROTATION_DEFAULTS.overlap,
+        "how long a demoted primary keeps verifying; at least propagation delay + clock skew",
+        key="overlap_seconds",
+    )
+    rotation_period: float = setting(
+        ROTATION_DEFAULTS.rotation_period,
+        "advance adds a key when the primary is this old; `0`: only when asked",
+        key="rotation_period_seconds",
+        positive=False,
+        shown_default="`2592000` (30 days)",
+    )
+    emergency_grace: float = setting(
+        ROTATION_DEFAULTS.emergency_grace,
+        "how long a compromised primary keeps verifying after `--emergency`",
+        key="emergency_grace_seconds",
+        positive=False,
+    )
+    clock_skew: float = setting(
+        ROTATION_DEFAULTS.clock_skew,
+        "how far a verifier's clock may run ahead of the rotator's",
+        key="clock_skew_seconds",
+        positive=False,
+    )
+    audit_log: Path | None = setting(ROTATION_DEFAULTS.audit_log, "audit file (relative to the config file)")
     # verifiers outside the gateway (gateway.rotation.hooks)
     propagation_lambdas: tuple[str, ...] = setting(
         (),
@@ -180,16 +215,33 @@ class KeyringConfig:
             early_refresh_interval=self.early_refresh_interval,
             backoff_cap=self.backoff_cap,
         )
+        rotation = RotationSettings(
+            propagation_delay=self.propagation_delay,
+            overlap=self.overlap,
+            rotation_period=self.rotation_period,
+            emergency_grace=self.emergency_grace,
+            clock_skew=self.clock_skew,
+            audit_log=self.audit_log,
+        )
         return KeyringSettings(
             name=self.name,
             source=source,
             encoding=self.encoding,
             refresh=refresh,
+            rotation=rotation,
             propagation_lambdas=self.propagation_lambdas,
         )
 
 
 FILE_KEYS = ("path", "create", "seal_key_env", "previous_seal_key_env", "check_permissions")
+ROTATION_KEYS = (
+    "propagation_delay_seconds",
+    "overlap_seconds",
+    "rotation_period_seconds",
+    "emergency_grace_seconds",
+    "clock_skew_seconds",
+    "audit_log",
+)
 AWS_KEYS = (
     "secret_id",
     "region",

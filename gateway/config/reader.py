@@ -145,9 +145,11 @@ def read_declared(cls: type, reader: Reader, *, skip: tuple[str, ...] = ()) -> d
             value = reader.integer(key, default, lo=lo, hi=None if info.hi is None else int(info.hi))
         elif kind == "float":
             value = reader.number(key, default, lo=info.lo or 0.0, positive=info.positive)
+        elif kind == "float | None":
+            value = reader.number(key, 0.0, lo=info.lo or 0.0, positive=info.positive) if key in reader.table else None
         elif kind == "tuple[str, ...]":
             value = reader.str_list(key, default)
-        elif kind == "Path":
+        elif kind in ("Path", "Path | None"):
             text = reader.text(key, None)
             value = default if text is None else Path(text)
         else:  # str, str | None

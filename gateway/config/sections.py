@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 from gateway.config.model import AWS_KEYS, FILE_KEYS, SOURCES, EchoConfig, KeyringConfig, ListenerConfig, is_loopback
 from gateway.config.reader import Reader, read_declared
+from gateway.errors import ConfigError
 from gateway.keys.formats import ENCODINGS
+from gateway.rotation.settings import policy_for
 
 MIN_CLIENT_TOKEN = 16
 
@@ -72,6 +74,8 @@ def parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str,
         if source == "file":
             path = values["path"] if "path" in r.table else Path(f"{name}.json")
             values["path"] = path if path.is_absolute() else base_dir / path
+        if values["audit_log"] is not None and not values["audit_log"].is_absolute():
+            values["audit_log"] = base_dir / values["audit_log"]
         if source == "aws-secretsmanager" and not values["secret_id"]:
             problems.append(f"{where}.secret_id: required (the secret's name or ARN)")
         if values["endpoint_url"] is not None and urlsplit(values["endpoint_url"]).scheme not in ("http", "https"):
@@ -83,6 +87,10 @@ def parse_keyrings(value: Any, base_dir: Path, problems: list[str]) -> dict[str,
         if values["refresh_jitter"] >= 1:
             problems.append(f"{where}.refresh_jitter: must be a fraction below 1")
         out[name] = KeyringConfig(name=name, **values)
+        try:
+            policy_for(out[name].settings)  # a rotation policy that would break senders
+        except ConfigError as exc:
+            problems.extend(f"{where}.{problem}" for problem in exc.problems)
         r.finish()
     return out
 

@@ -62,6 +62,19 @@ class RefreshPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RotationSettings:
+    """How ``hmac-gateway rotate`` treats the keyring (``gateway.rotation.controller`` turns this into
+    a ``Policy``). ``propagation_delay`` None: derived from the refresh interval and jitter."""
+
+    propagation_delay: float | None = None
+    overlap: float = 86400.0  # how long a demoted primary keeps verifying
+    rotation_period: float = 30 * 86400.0  # 0: a new key only when asked
+    emergency_grace: float = 0.0
+    clock_skew: float = 60.0
+    audit_log: Path | None = None  # JSON lines, one per action, refusal and emergency
+
+
+@dataclass(frozen=True, slots=True)
 class KeyringSettings:
     """Everything the keys package needs to read one keyring and keep it fresh."""
 
@@ -72,9 +85,11 @@ class KeyringSettings:
     # Lambda functions that verify with this keyring outside the gateway: each is made to cold
     # start after every write (``gateway.rotation.hooks``) so it loads the new keys
     propagation_lambdas: tuple[str, ...] = ()
+    rotation: RotationSettings = field(default_factory=RotationSettings)
 
 
 # The defaults, as values: what config falls back to when a key is absent.
 FILE_DEFAULTS = FileSourceSettings(path=Path("keyring.json"))
 SECRETS_MANAGER_DEFAULTS = SecretsManagerSettings(secret_id="")
 REFRESH_DEFAULTS = RefreshPolicy()
+ROTATION_DEFAULTS = RotationSettings()

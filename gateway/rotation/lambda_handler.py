@@ -58,7 +58,8 @@ from gateway.keys.model import Keyring, KeyState
 from gateway.keys.settings import KeyringSettings, SecretsManagerSettings
 from gateway.rotation import hooks
 from gateway.rotation.lifecycle import apply, plan
-from gateway.rotation.policy import Policy, Request, Step, propagation_delay_for
+from gateway.rotation.policy import Policy, Request, Step
+from gateway.rotation.settings import policy_for
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -85,13 +86,6 @@ class Target:
 
 Resolver = Callable[[Mapping[str, Any]], Target]
 """From DescribeSecret's answer (``ARN``, ``Name``) to the keyring it holds."""
-
-
-def policy_for(settings: KeyringSettings) -> Policy:
-    """The keyring's rotation policy: the propagation delay from its refresh settings, the rest
-    the lifecycle's defaults (24-hour overlap, 30-day period)."""
-    refresh = settings.refresh
-    return Policy(propagation_delay=propagation_delay_for(refresh.interval, refresh.jitter), encoding=settings.encoding)
 
 
 def resolver_from_config(path: str, keyring: str | None = None) -> Resolver:
