@@ -18,6 +18,7 @@ CONFIG_ERROR = 2  # invalid configuration or command-line usage
 KEYRING_ERROR = 3  # a keyring could not be loaded (missing, malformed, sealed without key) or created
 BIND_ERROR = 4  # a listener could not bind its address
 REPLAY_STORE_ERROR = 5  # the shared replay store (Redis) did not answer at start
+VERIFY_FAILED = 6  # `verify`: the captured request did not verify (the reason is printed)
 INTERRUPTED = 130  # stopped by Ctrl-C before start-up completed
 
 PROG = "hmac-gateway"

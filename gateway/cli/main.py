@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from gateway import __version__, exitcodes
 from gateway import config as config_mod
-from gateway.cli import check_config, echo, keys, reseal, serve
+from gateway.cli import check_config, echo, keys, reseal, serve, sign, verify
 from gateway.cli.base import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
@@ -17,6 +17,8 @@ COMMANDS: tuple[Command, ...] = (
     keys.COMMAND,
     reseal.COMMAND,
     echo.COMMAND,
+    sign.COMMAND,
+    verify.COMMAND,
 )
 
 
