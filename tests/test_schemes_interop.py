@@ -84,11 +84,14 @@ async def test_standard_webhooks_header_with_several_signatures_passes_when_one_
 async def test_standard_webhooks_refuses_replays_stale_future_and_tampered_bodies(
     make_gateway: GatewayFactory, clock: FakeClock
 ) -> None:
-    keys = {"key-v1": whsec()}
+    keys = {"key-v1": whsec(), "key-v2": whsec()}
     gw = await make_gateway(keys=keys, tweak=route("standard-webhooks", window_past_seconds=300))
     headers = sw_headers(keys["key-v1"], clock.now)
     assert await send(gw, headers) == (200, "")
     assert await send(gw, headers) == (401, "replayed")
+    # the message id is the token whichever key verifies: a copy signed with another key is a replay
+    resigned = sw_headers(keys["key-v2"], clock.now, msg_id=headers["webhook-id"])
+    assert await send(gw, resigned) == (401, "replayed")
     assert await send(gw, sw_headers(keys["key-v1"], clock.now - 301)) == (401, "stale")
     assert await send(gw, sw_headers(keys["key-v1"], clock.now + 31)) == (401, "future")
     assert await send(gw, sw_headers(keys["key-v1"], clock.now), body=BODY.replace(b"  ", b" ")) == (

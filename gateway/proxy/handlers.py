@@ -27,8 +27,8 @@ from gateway.proxy.forward import Upstream
 from gateway.replay import ReplayStore, replay_key
 from gateway.signing import rfc9421, standard_webhooks
 from gateway.signing.digest import content_digest
+from gateway.signing.registry import NAMES_KEY, verifier_for
 from gateway.signing.registry import SIGNATURE_HEADERS as SCHEME_HEADERS
-from gateway.signing.registry import verifier_for
 from gateway.signing.scheme import RequestView, SignatureFailure
 
 SIGNATURE_HEADERS = frozenset({"signature", "signature-input"})
@@ -264,9 +264,8 @@ class RouteHandler:
             # Until the scheme's replay_until, which rests on what was signed, not on this
             # instance's clock: instances sharing the store keep the token equally long.
             ttl = max(1.0, verified.replay_until - now)
-            fresh = await self.replay.remember(
-                replay_key(self.route.keyring, verified.key_id, verified.replay_token), ttl
-            )
+            scope = verified.key_id if self.route.scheme in NAMES_KEY else ""
+            fresh = await self.replay.remember(replay_key(self.route.keyring, scope, verified.replay_token), ttl)
             if not fresh:
                 raise VerificationError(Reason.REPLAYED, "this signature was already used", key_id=verified.key_id)
         headers[self.route.key_id_header] = verified.key_id

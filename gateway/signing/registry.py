@@ -30,6 +30,11 @@ SIGNATURE_HEADERS: Mapping[str, frozenset[str]] = MappingProxyType(
     }
 )
 
+# Schemes whose signatures name their key: their replay entries are per key. The others' replay
+# token (a message id, a delivery id) names the message whichever active key verified it, so a
+# copy re-signed with -- or, after a rotation, matched by -- another key is still a replay.
+NAMES_KEY = frozenset({"rfc9421"})
+
 # Schemes a sign route can emit.
 SIGN_SCHEMES = ("rfc9421", "standard-webhooks")
 
