@@ -268,3 +268,13 @@ async def test_slack_sdk_signature_verifies_with_either_key(
         "unsupported_algorithm",
     )
     assert await send(gw, {"X-Slack-Signature": str(signature)}) == (401, "missing_signature")
+
+
+async def test_keep_signature_headers_forwards_the_scheme_s_headers(
+    make_gateway: GatewayFactory, upstream: Recorder, clock: FakeClock
+) -> None:
+    keys = {"key-v1": whsec()}
+    gw = await make_gateway(keys=keys, tweak=route("standard-webhooks", keep_signature_headers=True))
+    headers = sw_headers(keys["key-v1"], clock.now)
+    assert await send(gw, headers) == (200, "")
+    assert upstream.received[-1].headers["webhook-signature"] == headers["webhook-signature"]

@@ -11,7 +11,6 @@ encoding); the MAC is over the body bytes as received. Pure: no I/O.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ class GitHubSettings:
 
 
 def mac(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, body, hashlib.sha256).digest()
+    return hmac.digest(secret, body, "sha256")
 
 
 def signature(secret: bytes, body: bytes) -> str:

@@ -8,7 +8,6 @@ token is the signature. Pure: no I/O.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ class SlackSettings:
 
 
 def mac(secret: bytes, timestamp: int, body: bytes) -> bytes:
-    return hmac.new(secret, b"v0:" + str(timestamp).encode() + b":" + body, hashlib.sha256).digest()
+    return hmac.digest(secret, b"v0:" + str(timestamp).encode() + b":" + body, "sha256")
 
 
 def parse_signature(value: str) -> bytes:

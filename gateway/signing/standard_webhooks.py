@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -43,7 +42,7 @@ class StandardWebhooksSettings:
 
 def mac(material: bytes, msg_id: bytes, timestamp: int, body: bytes) -> bytes:
     """The raw HMAC-SHA256 of ``id.timestamp.body``."""
-    return hmac.new(material, msg_id + b"." + str(timestamp).encode() + b"." + body, hashlib.sha256).digest()
+    return hmac.digest(material, msg_id + b"." + str(timestamp).encode() + b"." + body, "sha256")
 
 
 def signature(material: bytes, msg_id: str, timestamp: int, body: bytes) -> str:

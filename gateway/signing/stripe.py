@@ -9,7 +9,6 @@ UTF-8 bytes, not base64-decoded; other secrets: the key's material); the header 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ def mac_key(key: Key) -> bytes:
 
 
 def mac(secret: bytes, timestamp: int, body: bytes) -> bytes:
-    return hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).digest()
+    return hmac.digest(secret, str(timestamp).encode() + b"." + body, "sha256")
 
 
 def parse_header(value: str) -> tuple[int, list[bytes]]:
