@@ -23,6 +23,7 @@ NOT_YET = 6  # rotate: refused for now (too early, overlap active, a key already
 REFUSED = 7  # rotate: the lifecycle does not allow this step (nothing to promote/retire/roll back, bad secret, ...)
 WRITE_CONFLICT = 8  # rotate: other writers won every compare-and-swap attempt; nothing lost, run again
 SOURCE_UNAVAILABLE = 9  # rotate: the keyring source could not be read or written (unreachable, denied, ...)
+VERIFY_FAILED = 10  # `verify`: the captured request did not verify (the reason is printed)
 INTERRUPTED = 130  # stopped by Ctrl-C before start-up completed
 
 PROG = "hmac-gateway"

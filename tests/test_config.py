@@ -368,8 +368,10 @@ def test_several_port_zero_listeners_are_fine() -> None:
     ],
 )
 def test_invalid_components_are_named(key: str, components: list[str], fragment: str) -> None:
-    problems = problems_after(lambda r: r["routes"][0].update({key: components}))
-    assert_one_problem(problems, f"[[routes]] out.{key}:", fragment)
+    # components on the sign route ("out"), required_components on the verify route ("in")
+    index, name = (0, "out") if key == "components" else (1, "in")
+    problems = problems_after(lambda r: r["routes"][index].update({key: components}))
+    assert_one_problem(problems, f"[[routes]] {name}.{key}:", fragment)
 
 
 def test_valid_custom_components_are_kept_in_order() -> None:
@@ -556,7 +558,7 @@ def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path, capsys: 
     raw["gateway"]["colour"] = "blue"
     raw["listeners"]["sign"]["host"] = "0.0.0.0"
     raw["routes"][1]["upstream"] = "http://backend.example/?q=1"
-    raw["routes"][1]["components"] = ["@Method"]
+    raw["routes"][1]["required_components"] = ["@Method"]
     path = write_config(tmp_path, raw)
     assert cli.run(["--config", str(path), "check-config"]) == 2
     captured = capsys.readouterr()
@@ -566,7 +568,7 @@ def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path, capsys: 
         "[gateway]: unknown key 'colour'",
         "[listeners.sign]: carries a sign route but binds 0.0.0.0",
         "[[routes]] in.upstream: must not carry a query",
-        "[[routes]] in.components: component name '@Method' is not lower case",
+        "[[routes]] in.required_components: component name '@Method' is not lower case",
     ):
         assert fragment in captured.err
     assert "Traceback" not in captured.err

@@ -9,7 +9,6 @@ import json
 import math
 import random
 import re
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from inspect import ismodule

@@ -19,15 +19,17 @@ from tests.helpers import REQUIRED, FakeClock, lib_message, lib_signer, random_s
 
 
 def test_registry_maps_scheme_names_to_verifiers() -> None:
-    assert set(registry.SCHEMES) == {"rfc9421"}
+    assert set(registry.SCHEMES) == {"rfc9421", "standard-webhooks", "github", "stripe", "slack"}
     assert all(isinstance(s, Scheme) and s.name == name for name, s in registry.SCHEMES.items())
     policy = rfc9421.VerifyPolicy(window_past=60)
     verifier = registry.verifier_for("rfc9421", policy)
     assert isinstance(verifier, rfc9421.Rfc9421Verifier) and verifier.policy is policy
     with pytest.raises(KeyError):
-        registry.verifier_for("github", policy)
+        registry.verifier_for("aws-sigv4", policy)
     with pytest.raises(TypeError, match="VerifyPolicy"):
         registry.verifier_for("rfc9421", object())
+    with pytest.raises(TypeError, match="GitHubSettings"):
+        registry.verifier_for("github", policy)
 
 
 def test_config_accepts_exactly_the_registered_schemes() -> None:

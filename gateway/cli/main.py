@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from gateway import __version__, exitcodes
 from gateway import config as config_mod
-from gateway.cli import check_config, echo, keys, reseal, rotate, serve
+from gateway.cli import check_config, echo, keys, reseal, rotate, serve, sign, verify
 from gateway.cli.base import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
@@ -18,6 +18,8 @@ COMMANDS: tuple[Command, ...] = (
     reseal.COMMAND,
     rotate.COMMAND,
     echo.COMMAND,
+    sign.COMMAND,
+    verify.COMMAND,
 )
 
 

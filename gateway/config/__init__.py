@@ -1,6 +1,7 @@
 """Configuration: one TOML file plus environment overrides -> frozen dataclasses, validated once.
 
 - ``model``: the dataclasses, each setting declared once (key, default, bounds, doc line);
+  ``route_model`` the routes' (and which settings apply to which mode and scheme);
 - ``declare``: how a setting is declared, and the README tables rendered from declarations;
 - ``reader``: typed, located reading of TOML tables, and environment overrides;
 - ``sections`` and ``routes``: the tables' parsers and the checks across them;
@@ -11,17 +12,16 @@ from __future__ import annotations
 
 from gateway.config.load import CONFIG_ENV, DEFAULT_CONFIG_PATH, load, parse, resolve_path
 from gateway.config.model import (
-    SCHEMES,
     SOURCES,
     EchoConfig,
     GatewayConfig,
     KeyringConfig,
     ListenerConfig,
-    RouteConfig,
     is_loopback,
     redact_url,
 )
 from gateway.config.reader import ENV_PREFIX, apply_env_overrides
+from gateway.config.route_model import SCHEMES, RouteConfig
 from gateway.config.sections import MIN_CLIENT_TOKEN
 
 __all__ = [

@@ -20,8 +20,8 @@ from gateway.config.model import (
     GatewayConfig,
     KeyringConfig,
     ListenerConfig,
-    RouteConfig,
 )
+from gateway.config.route_model import RouteConfig
 
 _BLOCK = re.compile(r"(<!-- settings:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(\n<!-- /settings -->)", re.S)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
-from gateway.config.declare import REQUIRED, setting
+from gateway.config.declare import setting
+from gateway.config.route_model import ROUTE_KEYS, RouteConfig
 from gateway.keys.settings import (
     DEFAULT_ENCODING,
     FILE_DEFAULTS,
@@ -33,12 +34,9 @@ from gateway.keys.settings import (
 )
 from gateway.replay import STORES as REPLAY_STORES
 from gateway.replay import ReplaySettings
-from gateway.signing.rfc9421 import DEFAULT_COMPONENTS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SOURCES = ("file", "aws-secretsmanager")
-SCHEMES = ("rfc9421",)
-MODES = ("sign", "verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,61 +252,6 @@ AWS_KEYS = (
 
 
 @dataclass(frozen=True, slots=True)
-class RouteConfig:
-    name: str = setting(REQUIRED, "appears in logs and metrics", shown_default="`routes[i]`")
-    listener: str = setting(REQUIRED, "listener name", shown_default="—")
-    mode: str = setting(REQUIRED, "`sign` or `verify`", choices=MODES, shown_default="—")
-    upstream: str = setting(
-        REQUIRED, "absolute `http(s)://host[:port][/base]`; the request path is appended", shown_default="—"
-    )
-    keyring: str = setting(REQUIRED, "keyring name", shown_default="—")
-    path_prefix: str = setting("/", "longest matching prefix (on `/` boundaries) wins")
-    strip_prefix: bool = setting(False, "remove the prefix before appending to the upstream path")
-    scheme: str = setting("rfc9421", "signature scheme", choices=SCHEMES)
-    max_body_bytes: int = setting(1024 * 1024, "larger bodies get `413` before more is read")
-    upstream_timeout: float = setting(30.0, "max wait between upstream reads → `504`", key="upstream_timeout_seconds")
-    connect_timeout: float = setting(5.0, "upstream connect timeout", key="connect_timeout_seconds")
-    # sign
-    label: str = setting("sig1", "*sign*: signature label")
-    tag: str | None = setting("hmac-gateway", '*sign*: `tag` parameter (set `""` to omit)')
-    components: tuple[str, ...] = setting(
-        DEFAULT_COMPONENTS,
-        "*sign*: covered components (`content-type` added when present)",
-        shown_default="default set",
-    )
-    # verify
-    required_components: tuple[str, ...] = setting(
-        DEFAULT_COMPONENTS, "*verify*: components every accepted signature must cover", shown_default="default set"
-    )
-    window_past: int = setting(300, "*verify*: how old `created` may be", key="window_past_seconds", lo=1)
-    window_future: int = setting(
-        30, "*verify*: how far ahead `created` may be (clock skew)", key="window_future_seconds", lo=0
-    )
-    require_nonce: bool = setting(False, "*verify*: demand a `nonce` parameter")
-    require_alg: bool = setting(False, "*verify*: demand an `alg` parameter")
-    require_tag: str | None = setting(None, "*verify*: only signatures with this `tag`")
-    replay_protection: bool = setting(True, "*verify*: refuse a signature seen before")
-    keep_signature_headers: bool = setting(False, "*verify*: forward `Signature`/`Signature-Input`")
-    key_id_header: str = setting("X-Gateway-Key-Id", "*verify*: header carrying the verified key id")
-    debug_signature_base: bool = setting(
-        False,
-        "*verify*: echo the signature base in `signature_mismatch` answers (for onboarding a sender; never "
-        "enable in production)",
-    )
-    public_scheme: str = setting(
-        "http",
-        "*verify*: scheme senders used (`https` behind a TLS terminator), for `@scheme` / `@target-uri`",
-        choices=("http", "https"),
-    )
-    authorities: tuple[str, ...] = setting(
-        (),
-        '*verify*: the `Host` values this route serves, e.g. `["hooks.example.com"]`; others get '
-        "`421 misdirected` (stops a signature made for another service sharing the keyring from replaying here)",
-        shown_default="any",
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class EchoConfig:
     host: str = setting("127.0.0.1", "loopback only")
     port: int = setting(8090, "bind port", hi=65535)
@@ -387,12 +330,18 @@ class GatewayConfig:
             },
             "listeners": {n: _public(v) for n, v in self.listeners.items()},
             "keyrings": {n: _public(v) for n, v in self.keyrings.items()},
-            "routes": [_public(r) for r in self.routes],
+            "routes": [_public_route(r) for r in self.routes],
             "echo": _public(self.echo) if self.echo else None,
         }
 
 
-_NEVER_SHOWN = frozenset({"client_token"})
+_NEVER_SHOWN = frozenset({"client_token", "verify_settings"})
+
+
+def _public_route(route: RouteConfig) -> dict[str, Any]:
+    """The settings that apply to the route's mode and scheme (no others are accepted)."""
+    applies = ROUTE_KEYS.get((route.mode, route.scheme), ())
+    return {k: v for k, v in _public(route).items() if k in applies}
 
 
 def _public(obj: object) -> dict[str, Any]:

@@ -7,9 +7,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config.model import KeyringConfig, ListenerConfig, RouteConfig
+from gateway.config.declare import declared, key_of
+from gateway.config.model import KeyringConfig, ListenerConfig
 from gateway.config.reader import Reader, read_declared
+from gateway.config.route_model import ROUTE_KEYS, RouteConfig
 from gateway.http_vocab import HOP_BY_HOP
+from gateway.signing import github, registry, rfc9421
+from gateway.signing.registry import SIGN_SCHEMES
 from gateway.signing.rfc9421 import ComponentError, parse_components
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -22,7 +26,9 @@ _RESERVED_HEADERS = HOP_BY_HOP | {
     "signature",
     "signature-input",
     "x-request-id",
+    *(name for names in registry.SIGNATURE_HEADERS.values() for name in names),
 }
+_KEY_OF = {attr: key_of(attr, info) for attr, _, _, info in declared(RouteConfig)}
 
 
 def _is_token(text: str) -> bool:
@@ -47,7 +53,8 @@ def parse_routes(
         r = Reader(table, where, problems)
         r.used.add("name")
         v = read_declared(RouteConfig, r, skip=("name",))
-        _check(v, where, listeners, keyrings, problems)
+        applies = _check_applies(r, v, where, problems)
+        _check(v, where, listeners, keyrings, problems, applies)
         if (v["listener"], v["path_prefix"]) in seen:
             problems.append(
                 f"{where}.path_prefix: {v['path_prefix']!r} is already routed on listener {v['listener']!r}"
@@ -55,9 +62,53 @@ def parse_routes(
         seen.add((v["listener"], v["path_prefix"]))
         v["tag"] = v["tag"] or None
         v["authorities"] = tuple(a.lower() for a in v["authorities"])
+        if v["mode"] == "verify":
+            v["verify_settings"] = _verify_settings(v)
         out.append(RouteConfig(name=str(name), **v))
         r.finish()
     return out
+
+
+def _check_applies(r: Reader, v: dict[str, Any], where: str, problems: list[str]) -> frozenset[str]:
+    """Refuse every key the table names that the route's mode and scheme do not use; returns the
+    attributes that do apply (the others keep their defaults and are never checked or shown)."""
+    mode, scheme = v["mode"], v["scheme"]
+    if mode == "sign" and scheme not in SIGN_SCHEMES:
+        problems.append(f"{where}.scheme: a sign route signs with {' or '.join(SIGN_SCHEMES)}, not {scheme!r}")
+        scheme = "rfc9421"
+    applies = frozenset(ROUTE_KEYS.get((mode, scheme), ROUTE_KEYS[("verify", "rfc9421")]))
+    for attr, key in _KEY_OF.items():
+        if key in r.table and attr not in applies:
+            where_it_applies = "; ".join(
+                f"{m} routes with scheme {s!r}" for (m, s), attrs in ROUTE_KEYS.items() if attr in attrs
+            )
+            problems.append(
+                f"{where}.{key}: does not apply to a {mode} route with scheme {scheme!r} "
+                f"(it applies to {where_it_applies})"
+            )
+    return applies
+
+
+def _verify_settings(v: dict[str, Any]) -> object:
+    """The route's scheme's own settings object (``registry.SCHEMES[scheme].settings_type``)."""
+    scheme = v["scheme"]
+    if scheme == "rfc9421":
+        try:
+            required = frozenset(c.identifier for c in parse_components(v["required_components"]))
+        except ComponentError:  # already reported by _check
+            required = rfc9421.VerifyPolicy().required
+        return rfc9421.VerifyPolicy(
+            required=required,
+            window_past=v["window_past"],
+            window_future=v["window_future"],
+            require_nonce=v["require_nonce"],
+            require_alg=v["require_alg"],
+            expected_tag=v["require_tag"],
+        )
+    if scheme == "github":
+        return github.GitHubSettings(require_delivery_id=v["require_delivery_id"], replay_window=v["replay_window"])
+    settings_type: Any = registry.SCHEMES[scheme].settings_type
+    return settings_type(window_past=v["window_past"], window_future=v["window_future"])
 
 
 def _check(
@@ -66,6 +117,7 @@ def _check(
     listeners: dict[str, ListenerConfig],
     keyrings: dict[str, KeyringConfig],
     problems: list[str],
+    applies: frozenset[str],
 ) -> None:
     if v["listener"] not in listeners:
         problems.append(f"{where}.listener: {v['listener']!r} is not a configured listener")
@@ -75,15 +127,17 @@ def _check(
     if not v["path_prefix"].startswith("/"):
         problems.append(f"{where}.path_prefix: must start with '/'")
     for key in ("components", "required_components"):
+        if key not in applies:
+            continue
         try:
             parse_components(v[key])
         except ComponentError as exc:
             problems.append(f"{where}.{key}: {exc}")
     for key in ("label", "tag", "require_tag"):
-        if v[key] is not None and not _sf_safe(v[key]):
+        if key in applies and v[key] is not None and not _sf_safe(v[key]):
             problems.append(f"{where}.{key}: printable ASCII without quotes or backslashes only")
     label = v["label"]
-    if (
+    if "label" in applies and (
         not label
         or not (label[0].islower() or label[0] == "*")
         or not all(c.islower() or c.isdigit() or c in "_-.*" for c in label)

@@ -25,9 +25,10 @@ from gateway.http_vocab import HOP_BY_HOP, connection_tokens
 from gateway.keys.cache import KeyringCache
 from gateway.proxy.forward import Upstream
 from gateway.replay import ReplayStore, replay_key
-from gateway.signing import rfc9421
+from gateway.signing import rfc9421, standard_webhooks
 from gateway.signing.digest import content_digest
-from gateway.signing.registry import verifier_for
+from gateway.signing.registry import NAMES_KEY, verifier_for
+from gateway.signing.registry import SIGNATURE_HEADERS as SCHEME_HEADERS
 from gateway.signing.scheme import RequestView, SignatureFailure
 
 SIGNATURE_HEADERS = frozenset({"signature", "signature-input"})
@@ -103,23 +104,6 @@ def _forward_headers(
     return out
 
 
-def _scheme_settings(route: RouteConfig) -> object:
-    """The route's settings object for its scheme, from today's flat RouteConfig.
-
-    A seam for config: once a route carries its scheme's settings object itself, this goes.
-    """
-    if route.scheme == "rfc9421":
-        return rfc9421.VerifyPolicy(
-            required=frozenset(c.identifier for c in rfc9421.parse_components(route.required_components)),
-            window_past=route.window_past,
-            window_future=route.window_future,
-            require_nonce=route.require_nonce,
-            require_alg=route.require_alg,
-            expected_tag=route.require_tag,
-        )
-    raise ValueError(f"no settings for scheme {route.scheme!r}")  # config validation refuses it first
-
-
 class RouteHandler:
     """Everything one route needs, resolved once at start."""
 
@@ -139,6 +123,8 @@ class RouteHandler:
         self.nonces = NoncePool()
         self.prefix = route.path_prefix.rstrip("/")
         key_id_header = route.key_id_header.lower()
+        # a sign route drops what a client sent in any scheme's signature headers: only ours go out
+        every_signature_header = frozenset().union(*SCHEME_HEADERS.values())
         if route.mode == "sign":
             self.components = rfc9421.parse_components(route.components)
             self.components_with_type = (
@@ -146,11 +132,12 @@ class RouteHandler:
                 if any(c.identifier == '"content-type"' for c in self.components)
                 else (*self.components, rfc9421.Component.parse("content-type"))
             )
-            self.drop = frozenset(_ALWAYS_DROP | SIGNATURE_HEADERS | {"content-digest", key_id_header})
+            self.drop = frozenset(_ALWAYS_DROP | every_signature_header | {"content-digest", key_id_header})
         else:
-            self.verifier = verifier_for(route.scheme, _scheme_settings(route))
+            self.verifier = verifier_for(route.scheme, route.verify_settings)
             keep = route.keep_signature_headers
-            self.drop = frozenset(_ALWAYS_DROP | {key_id_header} | (set() if keep else SIGNATURE_HEADERS))
+            own = SCHEME_HEADERS[route.scheme]
+            self.drop = frozenset(_ALWAYS_DROP | {key_id_header} | (set() if keep else own))
 
     def matches(self, path: str) -> bool:
         prefix = self.prefix
@@ -192,6 +179,15 @@ class RouteHandler:
         keyring = self.cache.keyring
         assert keyring is not None
         key = keyring.signing_key
+        if self.route.scheme == "standard-webhooks":
+            now = self.clock()
+            keys = keyring.verifying_keys(now) if self.route.sign_with == "every-active-key" else [key]
+            if key not in keys:  # the signing key always signs, first
+                keys.insert(0, key)
+            msg_id = "msg_" + self.nonces.next()
+            headers.update(standard_webhooks.sign_headers(keys, msg_id, int(now), body))
+            outcome.key_id = ",".join(k.id for k in keys)[:128]
+            return
         headers["Content-Digest"] = content_digest(body)
         view = RequestView(
             method=request.method,
@@ -268,9 +264,8 @@ class RouteHandler:
             # Until the scheme's replay_until, which rests on what was signed, not on this
             # instance's clock: instances sharing the store keep the token equally long.
             ttl = max(1.0, verified.replay_until - now)
-            fresh = await self.replay.remember(
-                replay_key(self.route.keyring, verified.key_id, verified.replay_token), ttl
-            )
+            scope = verified.key_id if self.route.scheme in NAMES_KEY else ""
+            fresh = await self.replay.remember(replay_key(self.route.keyring, scope, verified.replay_token), ttl)
             if not fresh:
                 raise VerificationError(Reason.REPLAYED, "this signature was already used", key_id=verified.key_id)
         headers[self.route.key_id_header] = verified.key_id
