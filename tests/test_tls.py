@@ -11,6 +11,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -18,10 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.errors import Reason
+from gateway import config as config_mod
+from gateway.errors import ConfigError, Reason
 from gateway.proxy.forward import Upstream
 from gateway.proxy.http1_head import UpstreamError, request_head
 from gateway.proxy.tls import TLSConfigError, UpstreamTLS, client_context
+from tests.conftest import GatewayFactory
+from tests.support import post
 
 
 @dataclass
@@ -213,3 +217,78 @@ def test_unusable_files_are_named_and_never_quoted(pki: PKI, tmp_path: Path) -> 
             client_context(settings)
         assert message in str(info.value)
         assert "c2VjcmV0" not in str(info.value)
+
+
+# -- through config and a whole gateway -------------------------------------------------------
+
+
+async def test_a_sign_route_reaches_a_mutual_tls_upstream_through_config(
+    pki: PKI, servers: list[asyncio.Server], make_gateway: GatewayFactory
+) -> None:
+    server = await _serve(pki, servers, require_client=True)
+
+    def tls_route(raw: dict[str, Any]) -> None:
+        raw["routes"][0].update(
+            upstream=f"https://127.0.0.1:{server.port}",
+            upstream_ca_file=str(pki.ca),
+            upstream_cert_file=str(pki.client_cert),
+            upstream_key_file=str(pki.client_key),
+            upstream_tls_min_version="1.2",
+        )
+
+    gw = await make_gateway(tweak=tls_route)
+    status, doc, _ = await post(gw.url("sign", "/x"), method="GET")
+    assert (status, doc) == (200, {"_text": "tls"})
+    assert server.peers == ["hmac-gateway"]
+
+    def no_client_cert(raw: dict[str, Any]) -> None:
+        raw["routes"][0].update(upstream=f"https://127.0.0.1:{server.port}", upstream_ca_file=str(pki.ca))
+
+    gw = await make_gateway(tweak=no_client_cert)
+    status, doc, _ = await post(gw.url("sign", "/x"), method="GET")
+    assert (status, doc["reason"]) == (502, "upstream_unavailable")
+
+
+def test_unusable_tls_settings_are_config_errors(pki: PKI, tmp_path: Path) -> None:
+    garbage = tmp_path / "key.pem"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n")
+    raw = {
+        "keyrings": {"r": {"path": "r.json"}},
+        "listeners": {"l": {"port": 0}},
+        "routes": [
+            {
+                "name": "a",
+                "listener": "l",
+                "mode": "sign",
+                "upstream": "https://127.0.0.1:9/a",
+                "keyring": "r",
+                "upstream_ca_file": "missing-ca.pem",
+            },
+            {
+                "name": "b",
+                "listener": "l",
+                "mode": "sign",
+                "path_prefix": "/b",
+                "upstream": "https://127.0.0.1:9/b",
+                "keyring": "r",
+                "upstream_cert_file": str(pki.client_cert),
+                "upstream_key_file": "key.pem",
+            },
+            {
+                "name": "c",
+                "listener": "l",
+                "mode": "sign",
+                "path_prefix": "/c",
+                "upstream": "http://127.0.0.1:9/c",
+                "keyring": "r",
+                "upstream_ca_file": str(pki.ca),
+            },
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        config_mod.parse(raw, base_dir=tmp_path)
+    problems = info.value.problems
+    assert f"[[routes]] a.upstream TLS: {tmp_path / 'missing-ca.pem'}: not a readable PEM CA bundle" in problems[0]
+    assert problems[1].startswith("[[routes]] b.upstream TLS:") and "not a usable certificate and key" in problems[1]
+    assert problems[2] == "[[routes]] c.upstream_ca_file: applies to https upstreams only"
+    assert not any("c2VjcmV0" in p for p in problems)

@@ -72,7 +72,7 @@ def parse(
 
     listeners = parse_listeners(raw.get("listeners", {}), problems, environ)
     keyrings = parse_keyrings(raw.get("keyrings", {}), base_dir, problems)
-    routes = parse_routes(raw.get("routes", []), listeners, keyrings, problems)
+    routes = parse_routes(raw.get("routes", []), listeners, keyrings, problems, base_dir)
     echo = parse_echo(raw, problems)
     check_binds(listeners, echo, problems)
     for name, listener in listeners.items():

@@ -7,9 +7,11 @@ scheme reads only its own. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.config.declare import REQUIRED, setting
+from gateway.proxy.tls import UpstreamTLS
 from gateway.signing.registry import SCHEMES as SCHEME_REGISTRY
 from gateway.signing.registry import SIGN_SCHEMES
 from gateway.signing.rfc9421 import DEFAULT_COMPONENTS
@@ -44,6 +46,21 @@ class RouteConfig:
     max_body_bytes: int = setting(1024 * 1024, "larger bodies get `413` before more is read")
     upstream_timeout: float = setting(30.0, "max wait between upstream reads → `504`", key="upstream_timeout_seconds")
     connect_timeout: float = setting(5.0, "upstream connect timeout", key="connect_timeout_seconds")
+    upstream_ca_file: Path | None = setting(
+        None,
+        "`https` upstreams: PEM bundle of the CAs to trust *instead of* the system store (a private CA); "
+        "relative to the config file",
+        shown_default="system CAs",
+    )
+    upstream_cert_file: Path | None = setting(
+        None, "`https` upstreams: client certificate (PEM chain) for mutual TLS; needs `upstream_key_file`"
+    )
+    upstream_key_file: Path | None = setting(
+        None, "`https` upstreams: the client certificate's private key (PEM, unencrypted; keep it mode 0600)"
+    )
+    upstream_tls_min_version: str = setting(
+        "1.2", "`https` upstreams: the lowest TLS version accepted, `1.2` or `1.3`", choices=("1.2", "1.3")
+    )
     # sign
     label: str = setting("sig1", "*sign* (`rfc9421`): signature label")
     tag: str | None = setting("hmac-gateway", '*sign* (`rfc9421`): `tag` parameter (set `""` to omit)')
@@ -108,6 +125,15 @@ class RouteConfig:
     )
     verify_settings: Any = field(default=None, repr=False, compare=False)  # the scheme's settings object
 
+    @property
+    def upstream_tls(self) -> UpstreamTLS:
+        return UpstreamTLS(
+            ca_file=self.upstream_ca_file,
+            cert_file=self.upstream_cert_file,
+            key_file=self.upstream_key_file,
+            min_version=self.upstream_tls_min_version,
+        )
+
 
 _ROUTE_COMMON = (
     "name",
@@ -121,6 +147,10 @@ _ROUTE_COMMON = (
     "max_body_bytes",
     "upstream_timeout",
     "connect_timeout",
+    "upstream_ca_file",
+    "upstream_cert_file",
+    "upstream_key_file",
+    "upstream_tls_min_version",
 )
 _VERIFY_COMMON = ("replay_protection", "keep_signature_headers", "key_id_header", "authorities")
 _WINDOWS = ("window_past", "window_future")

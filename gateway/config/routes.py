@@ -4,6 +4,7 @@ are ours to set)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ from gateway.config.model import KeyringConfig, ListenerConfig
 from gateway.config.reader import Reader, read_declared
 from gateway.config.route_model import ROUTE_KEYS, RouteConfig
 from gateway.http_vocab import HOP_BY_HOP
+from gateway.proxy.tls import TLSConfigError, UpstreamTLS, client_context
 from gateway.signing import github, registry, rfc9421
 from gateway.signing.registry import SIGN_SCHEMES
 from gateway.signing.rfc9421 import ComponentError, parse_components
@@ -40,7 +42,11 @@ def _sf_safe(text: str) -> bool:
 
 
 def parse_routes(
-    value: Any, listeners: dict[str, ListenerConfig], keyrings: dict[str, KeyringConfig], problems: list[str]
+    value: Any,
+    listeners: dict[str, ListenerConfig],
+    keyrings: dict[str, KeyringConfig],
+    problems: list[str],
+    base_dir: Path,
 ) -> list[RouteConfig]:
     if not isinstance(value, list) or not value:
         problems.append("[[routes]]: at least one route is required")
@@ -62,11 +68,36 @@ def parse_routes(
         seen.add((v["listener"], v["path_prefix"]))
         v["tag"] = v["tag"] or None
         v["authorities"] = tuple(a.lower() for a in v["authorities"])
+        _upstream_tls(v, where, base_dir, problems)
         if v["mode"] == "verify":
             v["verify_settings"] = _verify_settings(v)
         out.append(RouteConfig(name=str(name), **v))
         r.finish()
     return out
+
+
+_TLS_FILES = ("upstream_ca_file", "upstream_cert_file", "upstream_key_file")
+
+
+def _upstream_tls(v: dict[str, Any], where: str, base_dir: Path, problems: list[str]) -> None:
+    """Make the TLS files absolute and build the context once now, so an unusable file is a
+    config error naming it (never quoting it), not a failure on every request."""
+    for attr in _TLS_FILES:
+        if v[attr] is not None and not v[attr].is_absolute():
+            v[attr] = base_dir / v[attr]
+    named = [attr for attr in _TLS_FILES if v[attr] is not None]
+    if urlsplit(v["upstream"]).scheme != "https":
+        if named:
+            problems.append(f"{where}.{named[0]}: applies to https upstreams only")
+        return
+    try:
+        client_context(
+            UpstreamTLS(
+                v["upstream_ca_file"], v["upstream_cert_file"], v["upstream_key_file"], v["upstream_tls_min_version"]
+            )
+        )
+    except TLSConfigError as exc:
+        problems.append(f"{where}.upstream TLS: {exc}")
 
 
 def _check_applies(r: Reader, v: dict[str, Any], where: str, problems: list[str]) -> frozenset[str]:

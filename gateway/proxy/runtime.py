@@ -79,6 +79,7 @@ async def upstream_pools(runtime: Runtime) -> AsyncIterator[None]:
             connect_timeout=route.connect_timeout,
             read_timeout=route.upstream_timeout,
             observe_latency=functools.partial(runtime.recorder.observe, metrics.UPSTREAM_SECONDS, (route.name,)),
+            tls=route.upstream_tls,
         )
         await upstream.start()
         runtime.upstreams[route.name] = upstream
