@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -347,17 +346,6 @@ def test_all_tries_every_keyring_and_exits_with_the_first_failure(tmp_path: Path
 
 
 # -- eight rotators at once ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[FaultyMotoServer]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = FaultyMotoServer()
-        server.start()
-        yield server
-        server.stop()
 
 
 FAST = "propagation_delay_seconds = 1\noverlap_seconds = 2\nclock_skew_seconds = 0\nrotation_period_seconds = 0\n"

@@ -193,17 +193,6 @@ async def test_zero_failed_verifications_while_a_file_keyring_rotates(tmp_path: 
     await walk(tmp_path, f'path = "{path}"\n', rotator_env(), lambda: parse_keyring("r", path.read_bytes()))
 
 
-@pytest.fixture
-def moto() -> Iterator[FaultyMotoServer]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        server = FaultyMotoServer()
-        server.start()
-        yield server
-        server.stop()
-
-
 async def test_zero_failed_verifications_while_a_secret_rotates(
     tmp_path: Path, moto: FaultyMotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
