@@ -10,16 +10,9 @@
 
 from __future__ import annotations
 
+from gateway.config.keyring_model import SOURCES, KeyringConfig
 from gateway.config.load import CONFIG_ENV, DEFAULT_CONFIG_PATH, load, parse, resolve_path
-from gateway.config.model import (
-    SOURCES,
-    EchoConfig,
-    GatewayConfig,
-    KeyringConfig,
-    ListenerConfig,
-    is_loopback,
-    redact_url,
-)
+from gateway.config.model import EchoConfig, GatewayConfig, ListenerConfig, is_loopback, redact_url
 from gateway.config.reader import ENV_PREFIX, apply_env_overrides
 from gateway.config.route_model import SCHEMES, RouteConfig
 from gateway.config.sections import MIN_CLIENT_TOKEN

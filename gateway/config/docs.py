@@ -12,15 +12,8 @@ import sys
 from pathlib import Path
 
 from gateway.config.declare import markdown_table
-from gateway.config.model import (
-    AWS_KEYS,
-    FILE_KEYS,
-    ROTATION_KEYS,
-    EchoConfig,
-    GatewayConfig,
-    KeyringConfig,
-    ListenerConfig,
-)
+from gateway.config.keyring_model import AWS_KEYS, FILE_KEYS, ROTATION_KEYS, KeyringConfig
+from gateway.config.model import EchoConfig, GatewayConfig, ListenerConfig
 from gateway.config.route_model import RouteConfig
 
 _BLOCK = re.compile(r"(<!-- settings:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(\n<!-- /settings -->)", re.S)

@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config.declare import declared, key_of
-from gateway.config.model import KeyringConfig, ListenerConfig
+from gateway.config.keyring_model import KeyringConfig
+from gateway.config.model import ListenerConfig
 from gateway.config.reader import Reader, read_declared
 from gateway.config.route_model import ROUTE_KEYS, RouteConfig
 from gateway.http_vocab import HOP_BY_HOP

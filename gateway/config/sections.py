@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config.model import AWS_KEYS, FILE_KEYS, SOURCES, EchoConfig, KeyringConfig, ListenerConfig, is_loopback
+from gateway.config.keyring_model import AWS_KEYS, FILE_KEYS, SOURCES, KeyringConfig
+from gateway.config.model import EchoConfig, ListenerConfig, is_loopback
 from gateway.config.reader import Reader, read_declared
 from gateway.errors import ConfigError
 from gateway.keys.formats import ENCODINGS
