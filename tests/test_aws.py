@@ -456,8 +456,9 @@ def test_write_stages_a_new_version_then_moves_awscurrent_from_the_version_read(
     current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
     assert (current["VersionId"], current["SecretString"]) == (written.version_id, writes_document("one"))
     move_stage = "UpdateSecretVersionStage"
-    assert [action for action, _ in calls] == ["PutSecretValue", move_stage, move_stage]
-    put, move, cleanup = (payload for _, payload in calls)
+    # put, move, drop our label, then look for labels dead writers left behind (none here)
+    assert [action for action, _ in calls] == ["PutSecretValue", move_stage, move_stage, "ListSecretVersionIds"]
+    put, move, cleanup, _ = (payload for _, payload in calls)
     [label] = put["VersionStages"]
     assert label.startswith("hmac-gateway-write-") and "AWSCURRENT" not in put["VersionStages"]
     assert len(put["ClientRequestToken"]) >= 32
@@ -543,3 +544,24 @@ def test_a_move_applied_but_whose_answer_was_lost_is_not_reported_as_a_conflict(
     current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
     assert (current["VersionId"], current["SecretString"]) == (written.version_id, writes_document("once"))
     assert stages_of(sm, name)[written.version_id] == ["AWSCURRENT"]
+
+
+def test_a_dead_writers_staging_label_is_swept_once_it_is_old_enough(moto: FaultyMotoServer, sm: Any) -> None:
+    """A writer killed between its put and its stage move leaves its temporary label on an
+    orphaned version; the next successful write removes it, but only once it is older than any
+    live writer's would be."""
+    name = new_secret(sm, writes_document())
+    orphan = sm.put_secret_value(
+        SecretId=name,
+        SecretString=writes_document("from a writer that died"),
+        ClientRequestToken=str(uuid.uuid4()),
+        VersionStages=["hmac-gateway-write-deadbeef"],
+    )["VersionId"]
+    source = source_for(moto, name)
+    source.write(writes_document("young").encode(), expected_version=source.load().version_id)
+    assert stages_of(sm, name)[orphan] == ["hmac-gateway-write-deadbeef"]  # might be a writer still at work
+    source.orphan_label_seconds = 0
+    written = source.write(writes_document("old").encode(), expected_version=source.load().version_id)
+    stages = stages_of(sm, name)
+    assert not [s for labels in stages.values() for s in labels if s.startswith("hmac-gateway-write-")], stages
+    assert stages[written.version_id] == ["AWSCURRENT"]

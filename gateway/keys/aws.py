@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, NoReturn
 
@@ -69,6 +70,7 @@ _WRITE_EXPLAIN = {
     "LimitExceededException": "too many versions of the secret (Secrets Manager's quota)",
     "EncryptionFailure": "KMS could not encrypt the new value (check the role's kms:GenerateDataKey)",
 }
+ORPHAN_LABEL_SECONDS = 600.0  # a staging label this old belongs to a writer that died
 _STAGE_PREFIX = "hmac-gateway-write-"  # per-attempt staging labels; AWSCURRENT never goes here
 
 
@@ -87,6 +89,7 @@ class SecretsManagerSource:
     ) -> None:
         self.name = name
         self.secret_id = secret_id
+        self.orphan_label_seconds = ORPHAN_LABEL_SECONDS
         self.region = region
         self.profile = profile
         self.endpoint_url = endpoint_url
@@ -195,7 +198,24 @@ class SecretsManagerSource:
             self._raise(exc, _WRITE_EXPLAIN)
         finally:
             self._drop_label(label, new_version)
+        self._sweep_orphan_labels(new_version)
         return Document(data=document, version_id=new_version)
+
+    def _sweep_orphan_labels(self, written: str) -> None:
+        """Remove staging labels a writer that died between its put and its stage move left on
+        its version. Only labels older than ``orphan_label_seconds``: a younger one may belong to a
+        writer still at work, whose move must find its version labelled. Best effort, like
+        ``_drop_label``: the keyring is valid either way."""
+        with contextlib.suppress(ClientError, BotoCoreError):
+            versions = self._get_client().list_secret_version_ids(SecretId=self.secret_id)["Versions"]
+            cutoff = time.time() - self.orphan_label_seconds
+            for version in versions:
+                created = version.get("CreatedDate")
+                if version["VersionId"] == written or created is None or created.timestamp() > cutoff:
+                    continue
+                for stage in version.get("VersionStages", []):
+                    if stage.startswith(_STAGE_PREFIX):
+                        self._drop_label(stage, version["VersionId"])
 
     def _drop_label(self, label: str, version_id: str) -> None:
         # Best effort: a label left behind is harmless (it names no stage anyone reads), and the
