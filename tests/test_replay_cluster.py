@@ -322,3 +322,31 @@ async def test_a_node_down_fails_its_keys_closed(tmp_path: Path, prefix: str) ->
     finally:
         await store.close()
         cluster.stop()
+
+
+async def test_a_moved_slot_makes_the_whole_map_reread(
+    cluster: Cluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.replay.cluster.REFRESH_INTERVAL", 0.0)  # no waiting through the 1 s spacing
+    store = RedisReplayStore(cluster.url, prefix=prefix, cluster=True)
+    first, second = replay_key("ring", "k", "reread-1"), replay_key("ring", "k", "reread-2")
+    slots = [key_slot(_name(prefix, k)) for k in (first, second)]
+    owners = [cluster.owner(slot) for slot in slots]
+    target = next(i for i in range(3) if i not in owners)
+    try:
+        assert await store.remember(replay_key("ring", "k", "warm-up"), 300.0) is True  # the map, read once
+        for slot in slots:  # both slots are empty: moving them needs no MIGRATE
+            for i in range(3):
+                cluster.node(i).execute_command("CLUSTER", "SETSLOT", slot, "NODE", cluster.node_id(target))
+        assert await store.remember(first, 300.0) is True  # MOVED: followed, and the map re-read behind it
+        assert cluster.holder(_name(prefix, first)) == target
+        for _ in range(200):  # bounded: the background re-read is one CLUSTER NODES on loopback
+            if store._cluster is not None and store._cluster._slots[slots[1]] == ("127.0.0.1", cluster.ports[target]):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the slot map was not re-read after MOVED")
+        assert await store.remember(second, 300.0) is True
+        assert cluster.holder(_name(prefix, second)) == target
+    finally:
+        await store.close()

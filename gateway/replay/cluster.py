@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import dataclasses
 
 from gateway.replay.address import RedisAddress
@@ -89,6 +90,7 @@ class ClusterClient:
         self._stale = True
         self._last_refresh = -REFRESH_INTERVAL
         self._refresh_lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     def _node(self, node: Node) -> RedisClient:
         client = self._nodes.get(node)
@@ -127,14 +129,29 @@ class ClusterClient:
             raise RedisUnavailable("no Redis cluster node answered")
 
     async def _ensure_map(self) -> None:
-        if not self._primaries and self._refresh_lock.locked():
-            async with self._refresh_lock:
-                pass  # the first read of the map is under way (a burst at start-up): wait for it
-        elif self._stale and asyncio.get_running_loop().time() - self._last_refresh >= REFRESH_INTERVAL:
-            await self.refresh()
-        # else a stale map is still used while it is re-read: MOVED corrects any slot it has wrong
         if not self._primaries:
-            raise RedisUnavailable("the Redis cluster's slot map is unknown")
+            if self._refresh_lock.locked():
+                async with self._refresh_lock:
+                    pass  # the first read of the map is under way (a burst at start-up): wait for it
+            elif asyncio.get_running_loop().time() - self._last_refresh >= REFRESH_INTERVAL:
+                await self.refresh()
+            if not self._primaries:
+                raise RedisUnavailable("the Redis cluster's slot map is unknown")
+        elif self._stale:
+            self._reread()
+
+    def _reread(self) -> None:
+        """Re-read the map behind the requests (at most once per REFRESH_INTERVAL): the stale map
+        keeps serving meanwhile (MOVED corrects a slot it has wrong, a dead node fails its keys
+        closed) instead of making them wait."""
+        self._stale = True
+        due = asyncio.get_running_loop().time() - self._last_refresh >= REFRESH_INTERVAL
+        if due and (self._background is None or self._background.done()):
+            self._background = asyncio.create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(RedisUnavailable, RedisReplyError):
+            await self.refresh()  # on failure the map stays stale: the next command after REFRESH_INTERVAL retries
 
     async def execute_keyed(self, key: bytes, *args: bytes) -> Reply:
         """Send ``args`` (a command on ``key``) to the key's primary, following MOVED and ASK."""
@@ -144,12 +161,12 @@ class ClusterClient:
         asking = False
         for _ in range(MAX_REDIRECTS + 1):
             if node is None:
-                self._stale = True
+                self._reread()
                 raise RedisUnavailable("no Redis cluster node serves this key's slot")
             try:
                 return await self._node(node).execute(*args, asking=asking)
             except RedisUnavailable:
-                self._stale = True  # a failover may have promoted a replica: re-read the map next time
+                self._reread()  # a failover may have promoted a replica
                 raise
             except RedisReplyError as exc:
                 if exc.code not in ("MOVED", "ASK"):
@@ -159,7 +176,7 @@ class ClusterClient:
                     raise RedisUnavailable("the Redis cluster sent a malformed redirection") from None
                 if exc.code == "MOVED":
                     self._slots[slot] = target
-                    self._stale = True  # one slot moved, maybe more: re-read the map soon
+                    self._reread()  # one slot moved, maybe more
                 node, asking = target, exc.code == "ASK"
         raise RedisUnavailable("the Redis cluster redirected too many times")
 
@@ -169,6 +186,10 @@ class ClusterClient:
         return [self._node(node) for node in self._primaries]
 
     async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         for client in self._nodes.values():
             await client.close()
         self._nodes.clear()
