@@ -98,6 +98,15 @@ class GatewayConfig:
         repr=False,  # may carry a password: never shown whole
     )
     redis_key_prefix: str = setting("hmac-gateway:replay:", "key prefix in Redis")
+    redis_cluster: bool = setting(
+        False,
+        "Redis in cluster mode (cluster-mode-enabled clusters, ElastiCache Serverless): `redis_url` names any "
+        "node; the slot map is read from it with `CLUSTER NODES`, each key goes to the primary owning its slot "
+        "over one pipelined connection per node, `MOVED`/`ASK` redirections are followed, and a node that "
+        "cannot be asked fails its keys closed (`503 replay_store_unavailable`). The start-up checks hold for "
+        "every primary. A cluster has only database 0: another in the URL stops `serve` (exit 5). See "
+        "[What Redis must guarantee](#what-redis-must-guarantee-for-replay-protection)",
+    )
     source: Path | None = None
     overrides: tuple[str, ...] = field(default=())  # env variables applied (names only)
 
@@ -108,6 +117,7 @@ class GatewayConfig:
             max_entries=self.replay_max_entries,
             redis_url=self.redis_url,
             key_prefix=self.redis_key_prefix,
+            cluster=self.redis_cluster,
         )
 
     def routes_for(self, listener: str) -> list[RouteConfig]:
@@ -126,6 +136,7 @@ class GatewayConfig:
                 "replay_store": self.replay_store,
                 "redis_url": redact_url(self.redis_url) if self.redis_url else None,
                 "redis_key_prefix": self.redis_key_prefix,
+                "redis_cluster": self.redis_cluster,
             },
             "listeners": {n: _public(v) for n, v in self.listeners.items()},
             "keyrings": {n: _public(v) for n, v in self.keyrings.items()},

@@ -52,6 +52,7 @@ class ReplaySettings:
     max_entries: int = 1_000_000  # the memory store's bound
     redis_url: str = field(default="", repr=False)  # may carry a password: never shown whole
     key_prefix: str = "hmac-gateway:replay:"
+    cluster: bool = False  # Redis in cluster mode: route each key to its slot's primary
 
     @property
     def shared(self) -> bool:

@@ -10,5 +10,5 @@ from gateway.replay.redis import RedisReplayStore
 
 def open_replay_store(settings: ReplaySettings, clock: Clock = system_clock) -> ReplayStore:
     if settings.store == "redis":
-        return RedisReplayStore(settings.redis_url, prefix=settings.key_prefix)
+        return RedisReplayStore(settings.redis_url, prefix=settings.key_prefix, cluster=settings.cluster)
     return MemoryReplayStore(settings.max_entries, clock=clock)

@@ -123,24 +123,33 @@ class _RespProtocol(asyncio.Protocol):
                 waiter.set_exception(RedisUnavailable("the connection to Redis was lost"))
 
 
+def _ignore(waiter: asyncio.Future[Reply | RedisReplyError]) -> None:
+    if not waiter.cancelled():
+        waiter.exception()  # retrieved, so asyncio does not log it as lost
+
+
 def _expire(waiter: asyncio.Future[Reply | RedisReplyError]) -> None:
     if not waiter.done():
         waiter.set_exception(RedisUnavailable("Redis did not answer in time"))
 
 
 class RedisClient:
-    def __init__(self, url: str, *, timeout: float = 0.5) -> None:
-        self.address = RedisAddress.parse(url)
+    def __init__(self, url: str | RedisAddress, *, timeout: float = 0.5) -> None:
+        self.address = url if isinstance(url, RedisAddress) else RedisAddress.parse(url)
         self.timeout = timeout
         self._protocol: _RespProtocol | None = None
         self._connect_lock = asyncio.Lock()
         self.connections_made = 0
 
-    async def execute(self, *args: bytes) -> Reply:
-        """Send one command; its reply, or RedisUnavailable / RedisReplyError."""
+    async def execute(self, *args: bytes, asking: bool = False) -> Reply:
+        """Send one command; its reply, or RedisUnavailable / RedisReplyError. ``asking`` sends
+        ``ASKING`` right before it on the same connection (a cluster's ``ASK`` redirection)."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
+        if asking:
+            # Its +OK (or the connection's loss) is of no interest: the command's own reply says it all.
+            protocol.send(b"*1\r\n$6\r\nASKING\r\n").add_done_callback(_ignore)
         waiter = protocol.send(encode_command(*args))
         timer = asyncio.get_running_loop().call_later(self.timeout, _expire, waiter)
         try:
