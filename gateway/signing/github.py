@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from gateway.errors import Reason, VerificationError
 from gateway.keys.model import Keyring
 from gateway.signing.scheme import BodyCheck, RequestView, Scheme
-from gateway.signing.webhook import PendingMac, active_keys, one_header
+from gateway.signing.webhook import PendingMac, active_keys, one_header, parse_hex_signature
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DELIVERY_HEADER = "X-GitHub-Delivery"
 HEADERS = frozenset({SIGNATURE_HEADER.lower(), "x-hub-signature"})
-_HEX = frozenset("0123456789abcdef")
 _MAX_ID = 128
 
 
@@ -41,14 +40,7 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 def parse_signature(value: str) -> bytes:
-    algorithm, eq, text = value.partition("=")
-    if not eq:
-        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"{SIGNATURE_HEADER} must read 'sha256=<hex>'")
-    if algorithm != "sha256":
-        raise VerificationError(Reason.UNSUPPORTED_ALGORITHM, "only sha256 signatures are supported")
-    if len(text) != 64 or not set(text) <= _HEX:
-        raise VerificationError(Reason.MALFORMED_SIGNATURE, "the signature must be 64 lower-case hex digits")
-    return bytes.fromhex(text)
+    return parse_hex_signature(value, SIGNATURE_HEADER, "sha256")
 
 
 @dataclass(frozen=True, slots=True)

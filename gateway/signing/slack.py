@@ -11,15 +11,20 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from gateway.errors import Reason, VerificationError
 from gateway.keys.model import Keyring
 from gateway.signing.scheme import BodyCheck, RequestView, Scheme
-from gateway.signing.webhook import PendingMac, active_keys, check_fresh, one_header, parse_timestamp
+from gateway.signing.webhook import (
+    PendingMac,
+    active_keys,
+    check_fresh,
+    one_header,
+    parse_hex_signature,
+    parse_timestamp,
+)
 
 SIGNATURE_HEADER = "X-Slack-Signature"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 HEADERS = frozenset({SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
-_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +38,7 @@ def mac(secret: bytes, timestamp: int, body: bytes) -> bytes:
 
 
 def parse_signature(value: str) -> bytes:
-    version, eq, text = value.partition("=")
-    if not eq:
-        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"{SIGNATURE_HEADER} must read 'v0=<hex>'")
-    if version != "v0":
-        raise VerificationError(Reason.UNSUPPORTED_ALGORITHM, "only v0 signatures are supported")
-    if len(text) != 64 or not set(text) <= _HEX:
-        raise VerificationError(Reason.MALFORMED_SIGNATURE, "the signature must be 64 lower-case hex digits")
-    return bytes.fromhex(text)
+    return parse_hex_signature(value, SIGNATURE_HEADER, "v0")
 
 
 @dataclass(frozen=True, slots=True)

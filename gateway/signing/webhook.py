@@ -41,6 +41,21 @@ def one_header(request: RequestView, name: str, *, missing: Reason = Reason.MISS
     return value
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_hex_signature(value: str, header: str, version: str) -> bytes:
+    """``<version>=<64 lower-case hex digits>`` (GitHub's ``sha256=``, Slack's ``v0=``) -> the MAC."""
+    found, eq, text = value.partition("=")
+    if not eq:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, f"{header} must read '{version}=<hex>'")
+    if found != version:
+        raise VerificationError(Reason.UNSUPPORTED_ALGORITHM, f"only {version} signatures are supported")
+    if len(text) != 64 or not set(text) <= _HEX:
+        raise VerificationError(Reason.MALFORMED_SIGNATURE, "the signature must be 64 lower-case hex digits")
+    return bytes.fromhex(text)
+
+
 def parse_timestamp(text: str, name: str) -> int:
     """Unix seconds as ASCII digits only (no sign, space, fraction or exponent)."""
     if not text or len(text) > _TIMESTAMP_DIGITS or not (text.isascii() and text.isdigit()):
