@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import secrets
 import types
@@ -65,6 +66,25 @@ def lib_verifier(keys: dict[str, bytes]) -> HTTPMessageVerifier:
 
 
 REQUIRED = ("@method", "@authority", "@path", "@query", "content-digest")
+
+
+def lib_signed_webhook(key_id: str, material: bytes, created: int) -> tuple[RequestView, bytes]:
+    """A POST signed by http-message-signatures as a partner would sign it (alg, tag, nonce,
+    Content-Type covered), and its body."""
+    body = b'{"event": "paid"}'
+    headers: CIMultiDict[str] = CIMultiDict({"Host": "gw.example", "Content-Type": "application/json"})
+    lib_signer({key_id: material}).sign(
+        lib_message("POST", "http://gw.example/hooks?id=7", headers),
+        key_id=key_id,
+        created=datetime.datetime.fromtimestamp(created, tz=datetime.UTC),
+        nonce=random_secret()[:22],
+        covered_component_ids=(*REQUIRED, "content-type"),
+        include_alg=True,
+        tag="partner",
+        label="sig1",
+        body=body,
+    )
+    return RequestView("POST", "gw.example", "/hooks", "id=7", headers), body
 
 
 def b2_view(vector: Any) -> RequestView:

@@ -176,33 +176,16 @@ def test_heads_with_invalid_components_are_not_cached() -> None:
 
 def test_the_common_case_never_reaches_the_full_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """What our sign route and http-message-signatures send verifies without http-sf."""
-    import datetime
-
-    from multidict import CIMultiDict
-
     from gateway.signing import rfc9421
-    from tests.helpers import REQUIRED, flat_keyring, lib_message, lib_signer, random_secret
+    from tests.helpers import flat_keyring, lib_signed_webhook, random_secret
 
     keys = {"key-v1": random_secret()}
-    body = b'{"event": "paid"}'
-    headers: CIMultiDict[str] = CIMultiDict({"Host": "gw.example", "Content-Type": "application/json"})
-    lib_signer({k: v.encode() for k, v in keys.items()}).sign(
-        lib_message("POST", "http://gw.example/hooks?id=7", headers),
-        key_id="key-v1",
-        created=datetime.datetime.fromtimestamp(1_700_000_000, tz=datetime.UTC),
-        nonce=random_secret()[:22],
-        covered_component_ids=(*REQUIRED, "content-type"),
-        include_alg=True,
-        tag="partner",
-        label="sig1",
-        body=body,
-    )
+    view, body = lib_signed_webhook("key-v1", keys["key-v1"].encode(), 1_700_000_000)
 
     def refuse(*args: object, **kw: object) -> None:
         raise AssertionError("the full parser was reached")
 
     monkeypatch.setattr(http_sf, "parse", refuse)
-    view = rfc9421.RequestView("POST", "gw.example", "/hooks", "id=7", headers)
     verified = rfc9421.verify(view, body, flat_keyring(**keys), rfc9421.VerifyPolicy(), 1_700_000_000)
     assert verified.key_id == "key-v1"
     with pytest.raises(AssertionError, match="full parser"):

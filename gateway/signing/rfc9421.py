@@ -33,6 +33,7 @@ from typing import NamedTuple
 from gateway.errors import Reason, VerificationError
 from gateway.keys.model import Key, Keyring
 from gateway.signing import structured as sf
+from gateway.signing import verify_plan
 from gateway.signing.digest import verify_content_digest
 from gateway.signing.fastpath import FastInput, canonical_b64decode, fast_signature_input, parse_signature
 from gateway.signing.scheme import BodyCheck, RequestView, Scheme, SignatureFailure, Verified
@@ -48,6 +49,7 @@ from gateway.signing.signature_base import (
     signature_base,
     signature_params,
 )
+from gateway.signing.verify_plan import VerifyPolicy
 
 __all__ = [  # this module's own names, and the pipeline's, under the name callers know
     "ALGORITHM",
@@ -111,19 +113,6 @@ def sign(
 # -- verification ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyPolicy:
-    """The RFC 9421 scheme's per-route settings: what a verify route demands beyond the RFC."""
-
-    required: frozenset[str] = frozenset(Component.parse(n).identifier for n in DEFAULT_COMPONENTS)
-    window_past: int = 300
-    window_future: int = 30
-    require_nonce: bool = False
-    require_alg: bool = False
-    expected_tag: str | None = None
-    max_signatures: int = 8
-
-
 class Candidate(NamedTuple):
     """A signature that passed every check that needs no body: what is left is digest and MAC."""
 
@@ -138,8 +127,7 @@ class Candidate(NamedTuple):
     fields: frozenset[str]  # the covered header fields
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
+class _Pending(NamedTuple):
     request: RequestView
     candidates: list[Candidate]
 
@@ -147,13 +135,37 @@ class _Pending:
         return check_body(self.request, body, self.candidates)
 
 
-@dataclass(frozen=True, slots=True)
-class Rfc9421Verifier:
-    """RFC 9421 (``hmac-sha256``) as a ``scheme.Verifier``, configured by one ``VerifyPolicy``."""
+class _Planned(NamedTuple):
+    """Headers accepted on the route's compiled plan; the body is checked on it too, and
+    anything the plan does not accept as sent is decided by the general path."""
 
+    request: RequestView
+    accepted: verify_plan.Accepted
+    keyring: Keyring
     policy: VerifyPolicy
+    now: float
+
+    def check_body(self, body: bytes) -> Verified:
+        verified = verify_plan.check_body(self.request, body, self.accepted)
+        if verified is not None:
+            return verified
+        return check_body(self.request, body, check_headers(self.request, self.keyring, self.policy, self.now))
+
+
+class Rfc9421Verifier:
+    """RFC 9421 (``hmac-sha256``) as a ``scheme.Verifier``, configured by one ``VerifyPolicy``:
+    the route's compiled plan first (``verify_plan``), the general path for anything else."""
+
+    __slots__ = ("planner", "policy")
+
+    def __init__(self, policy: VerifyPolicy) -> None:
+        self.policy = policy
+        self.planner = verify_plan.Planner(policy)
 
     def check_headers(self, request: RequestView, keyring: Keyring, now: float) -> BodyCheck:
+        accepted = self.planner.check_headers(request, keyring, now)
+        if accepted is not None:
+            return _Planned(request, accepted, keyring, self.policy, now)
         return _Pending(request, check_headers(request, keyring, self.policy, now))
 
 
