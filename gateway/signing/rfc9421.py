@@ -83,7 +83,7 @@ __all__ = [  # this module's own names, and the pipeline's, under the name calle
 
 def signature_mac(key: Key, base: bytes) -> bytes:
     """The pipeline's last step: HMAC-SHA256 of the signature base (RFC 9421 §3.3.3)."""
-    return hmac.digest(key.material, base, "sha256")
+    return key.hmac_sha256(base)
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,7 +251,7 @@ def check_body(request: RequestView, body: bytes, accepted: Accepted) -> Verifie
     base = text.encode("ascii")
     provided = accepted.provided
     for key in accepted.keys:
-        if hmac.compare_digest(hmac.digest(key.material, base, "sha256"), provided):
+        if hmac.compare_digest(key.hmac_sha256(base), provided):
             nonce = accepted.nonce
             return Verified(
                 key_id=key.id,
