@@ -28,11 +28,11 @@ from bench.common import PAYLOADS, Signer, Stack, WrkRun
 # first group, in this order, that any frame of its stack matches (so the shares add up to
 # 100 %): our own steps first, then the upstream client, aiohttp's response and server machinery.
 GROUPS: Sequence[tuple[str, str]] = (
-    ("access log line (logging + JSON)", r"\((logging/__init__\.py|gateway/observability\.py|json/)"),
+    ("access log line", r"\((logging/__init__\.py|gateway/observability\.py|json/)"),
     ("request id (uuid4)", r"^(uuid4|_request_id) "),
     ("RFC 9421 sign (incl. Content-Digest)", r"^(_sign|sign|content_digest) \(gateway/"),
-    ("RFC 9421 verify: header checks (sfv parse)", r"^check_headers \(gateway/signing"),
-    ("RFC 9421 verify: digest + base + MAC", r"^check_body \(gateway/signing"),
+    ("RFC 9421 verify: header checks (plan or general path)", r"^(Planner\.)?check_headers \(gateway/signing"),
+    ("RFC 9421 verify: digest + base + MAC (plan or general path)", r"^check_body \(gateway/signing"),
     ("replay store (memory or Redis client)", r"\((gateway/replay/|redis/)"),
     ("header copy (_forward_headers)", r"^_forward_headers "),
     ("read_body (gateway)", r"^read_body \(gateway"),

@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-# One encoder for every access line: json.dumps with options builds a new one per call.
-_ACCESS_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+# The access line's strings go through the C escaper json.dumps itself uses (ensure_ascii).
+_q = json.encoder.encode_basestring_ascii
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -84,12 +84,34 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def write_request(
+        self,
+        *,
+        request_id: str,
+        listener: str,
+        route: str,
+        method: str,
+        path: str,
+        status: int,
+        outcome: str,
+        reason: str,
+        key_id: str,
+        base_sha256: str,
+        duration_ms: float,
+        level: str = "info",
+    ) -> None:
+        """One request's line: the JSON ``json.dumps`` would give for these fields in this order
+        (compact separators, ASCII), written as one f-string: the line has a fixed shape, and a
+        general encoder walking a dict cost twice as much per request."""
         if not self.enabled:
             return
-        doc = {"ts": self._timestamp(), "level": "info", "logger": "gateway.access", "msg": "request"}
-        doc.update(fields)
-        self._lines.append(_ACCESS_ENCODER.encode(doc))
+        self._lines.append(
+            f'{{"ts":"{self._timestamp()}","level":{_q(level)},"logger":"gateway.access","msg":"request",'
+            f'"request_id":{_q(request_id)},"listener":{_q(listener)},"route":{_q(route)},'
+            f'"method":{_q(method)},"path":{_q(path)},"status":{int(status)},"outcome":{_q(outcome)},'
+            f'"reason":{_q(reason)},"key_id":{_q(key_id)},"base_sha256":{_q(base_sha256)},'
+            f'"duration_ms":{float(duration_ms)!r}}}'
+        )
         if len(self._lines) >= 64:
             self.flush()
         elif self._scheduled is None:

@@ -126,21 +126,19 @@ def build_listener_app(runtime: Runtime, listener: ListenerConfig) -> web.Applic
         finally:
             elapsed = time.perf_counter() - started
             record(outcome, elapsed)
-            runtime.access_log.write(
-                {
-                    **({"level": "warning"} if status == 499 else {}),
-                    "request_id": request_id,
-                    "listener": listener.name,
-                    "route": outcome.route,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "outcome": outcome.outcome,
-                    "reason": outcome.reason,
-                    "key_id": outcome.key_id,
-                    "base_sha256": outcome.base_sha256,
-                    "duration_ms": round(elapsed * 1000, 3),
-                },
+            runtime.access_log.write_request(
+                request_id=request_id,
+                listener=listener.name,
+                route=outcome.route,
+                method=request.method,
+                path=request.path,
+                status=status,
+                outcome=outcome.outcome,
+                reason=outcome.reason,
+                key_id=outcome.key_id,
+                base_sha256=outcome.base_sha256,
+                duration_ms=round(elapsed * 1000, 3),
+                level="warning" if status == 499 else "info",
             )
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
