@@ -250,6 +250,7 @@ def aggregate(bench: Bench) -> list[dict[str, Any]]:
                     "cpu_delta_concurrent_us": _median(
                         g.cpu_us_per_request - b.cpu_us_per_request for b, g in con_pairs
                     ),
+                    "cpu_ratio_concurrent": _median(g.cpu_us_per_request / b.cpu_us_per_request for b, g in con_pairs),
                     "concurrent_rps": _median(g.rps for _, g in con_pairs),
                     "concurrent_baseline_rps": _median(b.rps for b, _ in con_pairs),
                     "concurrent_p99_ratio": _median(g.p99_ms / b.p99_ms for b, g in con_pairs),
@@ -300,11 +301,18 @@ def targets(
     small = [r for r in gw if r["payload"] in SMALL]
     add(
         "CPU added per small request <= 15 µs",
-        "; ".join(f"{r['kind']} {r['payload']} {r['workers']}w +{r['cpu_delta_us']:.0f}" for r in small),
+        "; ".join(f"{r['kind']} {r['payload']} {r['workers']}w {r['cpu_delta_us']:+.0f}" for r in small),
         all(r["cpu_delta_us"] <= 15 for r in small),
     )
     ratios("sign", ("POST 256 KiB",), 0.75)
     ratios("verify", ("POST 256 KiB",), 0.75)
+    for kind, bound in (("verify", 1.05), ("sign", 1.0)):  # issue 8, item 11
+        sel = [r for r in gw if r["kind"] == kind and r["payload"] in SMALL and r["workers"] == 1]
+        add(
+            f"{kind} route CPU per request <= {bound:.2f} x baseline (concurrent, 1 worker, GET and POST 1 KiB)",
+            "; ".join(f"{r['payload']} {r['cpu_ratio_concurrent']:.2f}" for r in sel),
+            all(r["cpu_ratio_concurrent"] <= bound for r in sel),
+        )
     add(
         "p99 <= 1.2 x baseline at the same load (fixed rate)",
         "; ".join(f"{r['kind']} {r['payload']} {r['workers']}w {r['fixed_p99_ratio']:.2f}" for r in gw),
@@ -353,6 +361,10 @@ def _label(row: dict[str, Any]) -> str:
 
 def _f(value: float, digits: int = 0) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:+,.0f}"
 
 
 def markdown(
@@ -409,7 +421,7 @@ def markdown(
         lines.append(
             f"| {r['workers']} | {r['payload']} | {_label(r)} | {_f(r['rps'])} | ±{_f(r['rps_spread_pct'] / 2)} % "
             f"| {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {_f(r['cpu_us'])} "
-            f"| {'+' + _f(r['cpu_delta_us']) if gw else ''} | {_f(r['ratio_interleaved'], 2) if gw else ''} "
+            f"| {_signed(r['cpu_delta_us']) if gw else ''} | {_f(r['ratio_interleaved'], 2) if gw else ''} "
             f"| {_f(r['ratio_concurrent'], 2) if gw else ''} | {_f(r['fixed_rate'])} | {_f(r['fixed_p50_ms'], 2)} "
             f"| {_f(r['fixed_p99_ms'], 2)} | {_f(r['fixed_p99_ratio'], 2) if gw else ''} |"
         )
@@ -425,17 +437,19 @@ def markdown(
         ]
     lines += [
         "",
-        "Concurrent pairs (both loaded at once; medians): gateway req/s vs baseline req/s, CPU µs/req delta.",
+        "Concurrent pairs (both loaded at once; medians): gateway req/s vs baseline req/s, CPU µs/req",
+        "ratio and delta (gateway / baseline, gateway minus baseline, of the same pair).",
         "",
-        "| workers | payload | route | gateway req/s | baseline req/s | ratio | ΔCPU µs | p99 ratio |",
-        "|---:|---|---|---:|---:|---:|---:|---:|",
+        "| workers | payload | route | gateway req/s | baseline req/s | ratio | CPU ratio | ΔCPU µs | p99 ratio |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["kind"] != "baseline":
             lines.append(
                 f"| {r['workers']} | {r['payload']} | {_label(r)} | {_f(r['concurrent_rps'])} "
                 f"| {_f(r['concurrent_baseline_rps'])} | {_f(r['ratio_concurrent'], 2)} "
-                f"| +{_f(r['cpu_delta_concurrent_us'])} | {_f(r['concurrent_p99_ratio'], 2)} |"
+                f"| {_f(r['cpu_ratio_concurrent'], 2)} | {_signed(r['cpu_delta_concurrent_us'])} "
+                f"| {_f(r['concurrent_p99_ratio'], 2)} |"
             )
     if scale:
         lines += [
