@@ -38,6 +38,7 @@ from gateway.signing.signature_base import (
     DEFAULT_COMPONENTS,
     Component,
     ComponentError,
+    _authority,
     component_value,
 )
 
@@ -84,6 +85,7 @@ def _derived(component: Component) -> Callable[[RequestView], str | None]:
 
 _DERIVED: dict[str, Callable[[RequestView], str | None]] = {
     "@method": lambda r: r.method,
+    "@authority": _authority,
     "@path": lambda r: r.path or "/",
     "@query": lambda r: "?" + (r.query or ""),
 }
@@ -106,7 +108,7 @@ class HeadPlan(NamedTuple):
     inner: str  # "(...)" as sent: the start of the "@signature-params" value
     fields: frozenset[str]  # the covered header fields
     digest: bool  # Content-Digest is covered: the body must match it
-    prefixes: tuple[str, ...]  # '"@method": ' ... one per component
+    template: str  # the signature base with a {} per component value and for the params
     values: tuple[Callable[[RequestView], str | None], ...]
 
 
@@ -159,7 +161,12 @@ class Planner:
             inner=inner,
             fields=fields,
             digest='"content-digest"' in identifiers,
-            prefixes=tuple(f"{c.identifier}: " for c in components),
+            template="\n".join(
+                [
+                    *(c.identifier.replace("{", "{{").replace("}", "}}") + ": {}" for c in components),
+                    '"@signature-params": {}',
+                ]
+            ),
             values=tuple(_line(c) for c in components),
         )
 
@@ -182,8 +189,9 @@ class Planner:
         match = _PARAMS.fullmatch(params_text)
         if match is None:
             return None
-        created_text, expires_text, nonce, alg, key_id, tag = match.groups()
-        given = 6 - match.groups().count(None)
+        groups = match.groups()
+        created_text, expires_text, nonce, alg, key_id, tag = groups
+        given = 6 - groups.count(None)
         if params_text.count(";") != given or created_text is None:
             return None  # a parameter given twice, or no created
         policy = self.policy
@@ -238,14 +246,10 @@ def check_body(request: RequestView, body: bytes, accepted: Accepted) -> Verifie
         sent = lines[0]
         if not sent.isascii() or not hmac.compare_digest(sent, expected):  # compare_digest: ASCII str only
             return None  # another algorithm, several entries, non-ASCII bytes, or a mismatch
-    parts = []
-    for prefix, value_of in zip(plan.prefixes, plan.values, strict=True):
-        value = value_of(request)
-        if value is None:
-            return None
-        parts.append(prefix + value)
-    parts.append('"@signature-params": ' + accepted.params_text)
-    text = "\n".join(parts)
+    values = [value_of(request) for value_of in plan.values]
+    if None in values:
+        return None  # a field absent or sent on several lines, or a derived value in error
+    text = plan.template.format(*values, accepted.params_text)
     if text.count("\n") != len(plan.components) or "\r" in text or not text.isascii():
         return None  # a line break in a value, or a non-ASCII one: the general path says which
     base = text.encode("ascii")
@@ -253,13 +257,13 @@ def check_body(request: RequestView, body: bytes, accepted: Accepted) -> Verifie
     for key in accepted.keys:
         if hmac.compare_digest(key.hmac_sha256(base), provided):
             nonce = accepted.nonce
-            return Verified(
-                key_id=key.id,
-                replay_token=nonce if nonce is not None else base64.b64encode(provided).decode(),
-                replay_until=accepted.replay_until,
-                base_sha256=hashlib.sha256(base).hexdigest(),
-                label=plan.label,
-                covered_fields=plan.fields,
+            return Verified(  # positional: measurably cheaper than keywords on every request
+                key.id,  # key_id
+                nonce if nonce is not None else base64.b64encode(provided).decode(),  # replay_token
+                accepted.replay_until,
+                hashlib.sha256(base).hexdigest(),  # base_sha256
+                plan.label,
+                plan.fields,  # covered_fields
             )
     return None
 
