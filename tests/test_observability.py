@@ -54,38 +54,30 @@ def test_the_access_line_is_the_json_of_its_fields(
     assert line[:-1] == json.dumps(expected, separators=(",", ":"))  # same text, same key order
 
 
-def test_lines_are_batched_and_a_disabled_log_writes_nothing() -> None:
-    sink = io.StringIO()
-    log = AccessLog(sink=sink, enabled=True)
-    for i in range(64):  # no event loop here: each line is written at once
-        log.write_request(
-            request_id=str(i),
-            listener="in",
-            route="r",
-            method="GET",
-            path="/",
-            status=200,
-            outcome="forwarded",
-            reason="",
-            key_id="",
-            base_sha256="",
-            duration_ms=0.5,
-        )
-    assert [json.loads(line)["request_id"] for line in sink.getvalue().splitlines()] == [str(i) for i in range(64)]
-    quiet = io.StringIO()
-    off = AccessLog(sink=quiet, enabled=False)
-    off.write_request(
-        request_id="x",
+def _write(log: AccessLog, request_id: str) -> None:
+    log.write_request(
+        request_id=request_id,
         listener="in",
         route="r",
         method="GET",
         path="/",
         status=200,
-        outcome="",
+        outcome="forwarded",
         reason="",
         key_id="",
         base_sha256="",
-        duration_ms=0.0,
+        duration_ms=0.5,
     )
+
+
+def test_lines_are_batched_and_a_disabled_log_writes_nothing() -> None:
+    sink = io.StringIO()
+    log = AccessLog(sink=sink, enabled=True)
+    for i in range(64):  # no event loop here: each line is written at once
+        _write(log, str(i))
+    assert [json.loads(line)["request_id"] for line in sink.getvalue().splitlines()] == [str(i) for i in range(64)]
+    quiet = io.StringIO()
+    off = AccessLog(sink=quiet, enabled=False)
+    _write(off, "x")
     off.flush()
     assert quiet.getvalue() == ""

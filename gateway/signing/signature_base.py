@@ -149,7 +149,8 @@ def parse_components(names: Iterable[str]) -> tuple[Component, ...]:
 # -- component values ---------------------------------------------------------------------
 
 
-def _authority(request: RequestView) -> str:
+def authority_value(request: RequestView) -> str:
+    """The ``@authority`` value: lower case, without the scheme's default port."""
     authority = request.authority.lower()
     default = ":443" if request.scheme == "https" else ":80"
     return authority[: -len(default)] if authority.endswith(default) else authority
@@ -219,7 +220,7 @@ def component_value(request: RequestView, component: Component) -> str:
     if name == "@method":
         return request.method
     if name == "@authority":
-        return _authority(request)
+        return authority_value(request)
     if name == "@path":
         return request.path or "/"
     if name == "@query":
@@ -230,7 +231,7 @@ def component_value(request: RequestView, component: Component) -> str:
         return request.path + ("" if request.query is None else "?" + request.query)
     if name == "@target-uri":
         tail = "" if request.query is None else "?" + request.query
-        return f"{request.scheme.lower()}://{_authority(request)}{request.path or '/'}{tail}"
+        return f"{request.scheme.lower()}://{authority_value(request)}{request.path or '/'}{tail}"
     if name == "@query-param":
         return _query_param(request, component.params["name"])
     return _field_value(request, component)

@@ -38,7 +38,7 @@ from gateway.signing.signature_base import (
     DEFAULT_COMPONENTS,
     Component,
     ComponentError,
-    _authority,
+    authority_value,
     component_value,
 )
 
@@ -85,7 +85,7 @@ def _derived(component: Component) -> Callable[[RequestView], str | None]:
 
 _DERIVED: dict[str, Callable[[RequestView], str | None]] = {
     "@method": lambda r: r.method,
-    "@authority": _authority,
+    "@authority": authority_value,
     "@path": lambda r: r.path or "/",
     "@query": lambda r: "?" + (r.query or ""),
 }
